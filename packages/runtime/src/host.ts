@@ -1,0 +1,619 @@
+/**
+ * Hosts: one per live activation. A host owns its mailbox (per-agent FIFO, one message at a
+ * time), runs the checkpoint pipeline, retries failed handlers with backoff, quarantines, and
+ * commits in groups: one snapshot write covers a batch, and only then are the batch's
+ * outputs published and its deliveries acknowledged.
+ */
+import {
+  ErrorCode,
+  type ErrorInfo,
+  type Frame,
+  type FrameKind,
+  TroupeError,
+  deriveMessageId,
+  newMessageId,
+  toErrorInfo,
+} from "@troupe/wire";
+import { type AnyActor, type AnyStateMachine, createActor } from "xstate";
+import { type Emitter, type MessageInfo, enterScope, exitScope, registerSystem } from "./actions.js";
+import type { AgentDefinition } from "./agent.js";
+import { findInlineChildren } from "./agent.js";
+import type { Delivery, SnapshotRecord } from "./backend.js";
+import type { Kernel } from "./kernel.js";
+import { type StageContext, isPromise } from "./pipeline.js";
+
+export const LifecycleState = {
+  BOUND: "BOUND",
+  ACTIVE: "ACTIVE",
+  QUARANTINED: "QUARANTINED",
+  UNBOUND: "UNBOUND",
+} as const;
+export type LifecycleState = (typeof LifecycleState)[keyof typeof LifecycleState];
+
+export interface HostStatus {
+  state: LifecycleState;
+  channelCount: number;
+  pendingMessageCount: number;
+}
+
+/** Messages handled per group commit, at most. */
+const MAX_BATCH = 512;
+
+/** The event an agent gets when something it sent failed at the receiver. */
+export interface TroupeErrorEvent {
+  type: "troupe.error";
+  error: ErrorInfo;
+  from: string;
+  correlationId?: string;
+}
+
+type Outcome = "ok" | "skipped" | "rejected" | "failed";
+
+export abstract class Host implements Emitter {
+  readonly address: string;
+  protected readonly kernel: Kernel;
+  state: LifecycleState = LifecycleState.BOUND;
+  protected readonly mailbox: Delivery[] = [];
+  /** The last inbox sequence whose effects are applied (dedup of redeliveries). */
+  lastSequence = 0;
+  protected sent = 0;
+  /** Outputs of the current batch, published after the commit. */
+  protected outputs: Frame[] = [];
+  /** Outputs of the message being handled (dropped if its handler fails). */
+  protected pendingOutputs: Frame[] = [];
+  protected currentInput: MessageInfo | undefined;
+  #draining: Promise<void> | undefined;
+  #activated = false;
+  /** State changed outside message handling (an invoked promise settled, a delay fired). */
+  #dirty = false;
+  lastActivity: number;
+  closed = false;
+
+  constructor(address: string, kernel: Kernel) {
+    this.address = address;
+    this.kernel = kernel;
+    this.lastActivity = kernel.clock.now();
+  }
+
+  get busy(): boolean {
+    return this.#draining !== undefined || this.mailbox.length > 0;
+  }
+
+  get pendingMessageCount(): number {
+    return this.mailbox.length;
+  }
+
+  abstract get channelCount(): number;
+
+  status(): HostStatus {
+    return {
+      state: this.state,
+      channelCount: this.channelCount,
+      pendingMessageCount: this.mailbox.length,
+    };
+  }
+
+  enqueue(d: Delivery): void {
+    this.mailbox.push(d);
+    this.lastActivity = this.kernel.clock.now();
+    if (this.#draining === undefined && this.state !== LifecycleState.QUARANTINED) this.kick();
+  }
+
+  /** Starts draining unless already draining; resolves when the mailbox is handled. */
+  kick(): Promise<void> {
+    if (this.#draining !== undefined) return this.#draining;
+    const p = this.#drain().finally(() => {
+      this.#draining = undefined;
+      this.lastActivity = this.kernel.clock.now();
+      // more arrived while finishing up
+      if (this.mailbox.length > 0 && this.state === LifecycleState.ACTIVE && !this.closed) {
+        this.kick();
+      }
+    });
+    this.#draining = p;
+    return p;
+  }
+
+  /** Resolves once the current drain (if any) is over. */
+  async idle(): Promise<void> {
+    while (this.#draining !== undefined) await this.#draining;
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      if (!this.#activated) {
+        await this.activate();
+        this.#activated = true;
+        if (this.state === LifecycleState.BOUND) this.state = LifecycleState.ACTIVE;
+      }
+      while (this.mailbox.length > 0 && this.state === LifecycleState.ACTIVE && !this.closed) {
+        await this.#runBatch();
+      }
+      if ((this.#dirty || this.outputs.length > 0) && this.#activated) {
+        this.#dirty = false;
+        await this.#commit([], true);
+      }
+    } catch (e) {
+      this.kernel.logger.error(
+        { err: e, agent: this.address },
+        "agent host failed; its messages stay unacknowledged and will be delivered again",
+      );
+      this.#abandon();
+    }
+  }
+
+  /** Something went wrong below the handler (e.g. storage): give everything back, stop. */
+  #abandon(): void {
+    const held = this.mailbox.splice(0);
+    for (const d of held) d.nak(this.kernel.config.retryDelayMs);
+    this.closed = true;
+    this.kernel.forget(this);
+    this.stopActor();
+  }
+
+  async #runBatch(): Promise<void> {
+    const batch = this.mailbox.splice(0, MAX_BATCH);
+    const done: Delivery[] = [];
+    let changed = false;
+    let stoppedAt = -1;
+    for (let i = 0; i < batch.length; i++) {
+      const d = batch[i]!;
+      let outcome: Outcome;
+      try {
+        outcome = await this.#process(d);
+      } catch (e) {
+        // nothing of this batch is stored: all of it goes back, to be delivered again
+        this.mailbox.unshift(...batch);
+        this.outputs = [];
+        throw e;
+      }
+      if (outcome === "failed") {
+        stoppedAt = i;
+        break;
+      }
+      done.push(d);
+      if (outcome === "ok") changed = true;
+      if (this.state !== LifecycleState.ACTIVE) {
+        // quarantined by hand while this batch ran: hold the rest
+        stoppedAt = i + 1;
+        break;
+      }
+    }
+    if (stoppedAt >= 0) this.mailbox.unshift(...batch.slice(stoppedAt));
+    await this.#commit(done, changed);
+  }
+
+  /** The actor moved on its own (not by a message): store that and publish what it sent. */
+  spontaneous(): void {
+    this.#dirty = true;
+    if (this.#draining === undefined && !this.closed) queueMicrotask(() => this.kick());
+  }
+
+  async #commit(done: Delivery[], changed: boolean): Promise<void> {
+    if (this.#dirty) {
+      this.#dirty = false;
+      changed = true;
+    }
+    if (done.length === 0 && this.outputs.length === 0 && !changed) return;
+    const outputs = this.outputs;
+    this.outputs = [];
+    const last = done.length > 0 ? done[done.length - 1]!.sequence : this.lastSequence;
+    if (changed || outputs.length > 0 || last !== this.lastSequence) {
+      try {
+        await this.persist(outputs, Math.max(last, this.lastSequence));
+      } catch (e) {
+        if (e instanceof TroupeError && e.code === ErrorCode.STORAGE_ERROR && e.details?.conflict) {
+          // another activation owns this agent now: this one must not act any more
+          for (const d of done) d.nak();
+          throw e;
+        }
+        // the new state cannot be stored: roll back to the last stored state, hold the batch
+        await this.rollback();
+        this.mailbox.unshift(...done);
+        this.lastSequence = done.length > 0 ? done[0]!.sequence - 1 : this.lastSequence;
+        await this.enterQuarantine(
+          e instanceof TroupeError ? e.message : `snapshot could not be stored: ${String(e)}`,
+          "auto",
+        );
+        return;
+      }
+    }
+    this.lastSequence = Math.max(last, this.lastSequence);
+    await this.kernel.publish(outputs);
+    for (const d of done) d.ack();
+    this.kernel.counters.acked += done.length;
+  }
+
+  /** Decode → … → handler for one delivery. */
+  async #process(d: Delivery): Promise<Outcome> {
+    const ctx: StageContext = {
+      delivery: d,
+      to: this.address,
+      envelope: d.frame?.envelope,
+      frame: d.frame,
+      event: d.frame?.message.payload,
+      locals: new Map(),
+    };
+    try {
+      let r = this.kernel.pipeline.run(ctx);
+      if (isPromise(r)) r = await r;
+      if (r !== undefined) {
+        this.kernel.counters.skipped++;
+        return "skipped";
+      }
+    } catch (e) {
+      await this.reject(ctx, e);
+      return "rejected";
+    }
+    return this.#handle(ctx);
+  }
+
+  /** A stage refused the message: park it with its reason and tell its sender. */
+  protected async reject(ctx: StageContext, e: unknown): Promise<void> {
+    const err =
+      e instanceof TroupeError
+        ? e
+        : new TroupeError(ErrorCode.HANDLER_ERROR, `a pipeline stage failed: ${String(e)}`, {
+            cause: e,
+          });
+    this.kernel.counters.rejected++;
+    this.kernel.logger.warn(
+      { agent: this.address, code: err.code, sequence: ctx.delivery.sequence },
+      `message rejected: ${err.message}`,
+    );
+    const parked = {
+      sequence: ctx.delivery.sequence,
+      to: this.address,
+      reason: err.message,
+      code: err.code,
+      at: this.kernel.clock.now(),
+    };
+    await this.kernel.backend.parked.park(
+      ctx.frame !== undefined
+        ? { ...parked, frame: ctx.frame }
+        : ctx.delivery.bytes !== undefined
+          ? { ...parked, bytes: ctx.delivery.bytes }
+          : parked,
+    );
+    if (ctx.envelope !== undefined) this.errorToSender(ctx.envelope, err);
+  }
+
+  /** Tells the sender of a message that it failed. Never answers an error with an error. */
+  protected errorToSender(
+    env: { kind: FrameKind; from: string; messageId: string; replyTo?: string; correlationId?: string },
+    err: TroupeError,
+  ): void {
+    if (env.kind === "error" || env.kind === "reply") return;
+    const to = env.replyTo ?? env.from;
+    if (to === this.address) return;
+    this.outputs.push(
+      this.makeFrame(to, "error", toErrorInfo(err), env.correlationId ?? env.messageId, env.messageId),
+    );
+  }
+
+  async #handle(ctx: StageContext): Promise<Outcome> {
+    const env = ctx.envelope!;
+    const info: MessageInfo = {
+      messageId: env.messageId,
+      from: env.from,
+      kind: env.kind,
+      sequence: ctx.delivery.sequence,
+    };
+    if (env.correlationId !== undefined) info.correlationId = env.correlationId;
+    if (env.kind === "request" || env.kind === "event") {
+      const to = env.replyTo ?? (env.from.startsWith("~") ? undefined : env.from);
+      if (to !== undefined) info.replyTarget = { to, correlationId: env.correlationId ?? env.messageId };
+    }
+    const event = ctx.event;
+    const { maxRetries, retryDelayMs } = this.kernel.config;
+    let lastError: unknown;
+    for (let attempt = 0; attempt <= maxRetries; attempt++) {
+      if (attempt > 0) {
+        this.kernel.counters.retries++;
+        await this.kernel.sleep(retryDelayMs * 2 ** (attempt - 1));
+        if (this.closed) return "failed";
+      }
+      this.pendingOutputs = [];
+      this.currentInput = info;
+      const error = this.apply(event, info);
+      this.currentInput = undefined;
+      if (error === undefined) {
+        for (const f of this.pendingOutputs) this.outputs.push(f);
+        this.pendingOutputs = [];
+        this.kernel.counters.processed++;
+        return "ok";
+      }
+      lastError = error;
+      this.pendingOutputs = [];
+      this.kernel.counters.failed++;
+      await this.recover();
+    }
+    const reason = `handler failed ${maxRetries + 1} times on message ${env.messageId}: ${errorMessage(lastError)}`;
+    this.kernel.logger.warn({ agent: this.address, err: lastError }, "quarantining agent");
+    // (the batch puts the failed message back first in line: release delivers it again)
+    this.errorToSender(
+      env,
+      new TroupeError(ErrorCode.QUARANTINE_TRIGGERED, `${this.address} is quarantined: ${reason}`, {
+        cause: lastError,
+      }),
+    );
+    await this.enterQuarantine(reason, "auto");
+    return "failed";
+  }
+
+  async enterQuarantine(reason: string, by: "auto" | "manual"): Promise<void> {
+    this.state = LifecycleState.QUARANTINED;
+    this.kernel.counters.quarantines++;
+    await this.kernel.backend.quarantine.set({
+      address: this.address,
+      reason,
+      by,
+      since: this.kernel.clock.now(),
+    });
+  }
+
+  /** Back to ACTIVE: held messages are delivered first, in order, then new ones. */
+  release(): number {
+    const n = this.mailbox.length;
+    if (this.state === LifecycleState.QUARANTINED) this.state = LifecycleState.ACTIVE;
+    if (this.mailbox.length > 0) this.kick();
+    return n;
+  }
+
+  // --- Emitter (actions) -----------------------------------------------------------------
+
+  emit(to: string, kind: FrameKind, payload: unknown, correlationId?: string): void {
+    const input = this.currentInput;
+    const frame = this.makeFrame(to, kind, payload, correlationId, input?.messageId);
+    if (input !== undefined) this.pendingOutputs.push(frame);
+    else {
+      this.outputs.push(frame);
+      this.spontaneous();
+    }
+  }
+
+  fault(error: TroupeError): void {
+    this.kernel.counters.faults++;
+    this.kernel.logger.warn({ agent: this.address, code: error.code }, error.message);
+  }
+
+  protected makeFrame(
+    to: string,
+    kind: FrameKind,
+    payload: unknown,
+    correlationId: string | undefined,
+    inputId: string | undefined,
+  ): Frame {
+    this.sent++;
+    const messageId =
+      inputId === undefined ? newMessageId() : deriveMessageId(inputId, this.pendingOrOutputCount());
+    const frame: Frame = {
+      envelope: {
+        version: 1,
+        kind,
+        messageId,
+        from: this.address,
+        to,
+        sequence: this.sent,
+        timestampNs: this.kernel.clock.nowNs(),
+      },
+      message: { kind: kind === "error" ? "error" : "data", payload },
+    };
+    if (correlationId !== undefined) frame.envelope.correlationId = correlationId;
+    return frame;
+  }
+
+  #outputIndex = 0;
+  private pendingOrOutputCount(): number {
+    // ids must be the same on a re-run of the same input: index outputs per input message
+    return this.#outputIndex++;
+  }
+
+  protected resetOutputIndex(): void {
+    this.#outputIndex = 0;
+  }
+
+  // --- what a kind of host must provide --------------------------------------------------
+
+  /** Load state (snapshot) before the first message. */
+  protected abstract activate(): Promise<void>;
+  /** Apply one event; return the error if the handler failed, undefined if it succeeded. */
+  protected abstract apply(event: unknown, info: MessageInfo): unknown;
+  /** After a failed apply: get back to the state before it. */
+  protected abstract recover(): Promise<void>;
+  /** After a failed commit: get back to the last stored state. */
+  protected abstract rollback(): Promise<void>;
+  /** Store state covering everything up to `lastSequence`, with the outbox. */
+  protected abstract persist(outbox: Frame[], lastSequence: number): Promise<void>;
+  /** Passivate or shut down: final write if needed, then stop. */
+  abstract close(): Promise<void>;
+  protected abstract stopActor(): void;
+}
+
+function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** An XState agent activation. */
+export class AgentHost extends Host {
+  readonly definition: AgentDefinition;
+  readonly type: string;
+  readonly key: string;
+  #actor: AnyActor | undefined;
+  #revision = 0;
+  #actorError: unknown;
+  /** The persisted form of the last stored state (for rollback). */
+  #stored: unknown;
+  #outboxStored = false;
+
+  constructor(address: string, type: string, key: string, definition: AgentDefinition, kernel: Kernel) {
+    super(address, kernel);
+    this.type = type;
+    this.key = key;
+    this.definition = definition;
+  }
+
+  get channelCount(): number {
+    return 0;
+  }
+
+  protected async activate(): Promise<void> {
+    await this.kernel.waitForPassivation(this.address);
+    const q = await this.kernel.backend.quarantine.get(this.address);
+    const stored = await this.kernel.backend.snapshots.get(this.address);
+    if (stored !== undefined) {
+      this.#revision = stored.revision;
+      this.lastSequence = stored.record.lastSequence;
+      this.sent = stored.record.sent;
+      this.#stored = stored.record.state;
+      if (stored.record.outbox.length > 0) {
+        // a crash came between storing and publishing: publish again (dedup drops repeats)
+        await this.kernel.publish(stored.record.outbox);
+        this.#outboxStored = true;
+      }
+    }
+    this.#startActor(this.#stored);
+    this.kernel.counters.activations++;
+    if (q !== undefined) this.state = LifecycleState.QUARANTINED;
+  }
+
+  #startActor(persisted: unknown): void {
+    const machine = this.definition.machine as AnyStateMachine;
+    const options: Record<string, unknown> = {};
+    if (persisted !== undefined) options.snapshot = persisted;
+    else if (this.definition.input !== undefined) options.input = this.definition.input(this.key);
+    this.#actorError = undefined;
+    enterScope(this, undefined);
+    try {
+      const actor = createActor(machine, options);
+      // an unobserved actor error is rethrown by XState as an uncaught exception
+      actor.subscribe({
+        next: () => {
+          if (this.currentInput === undefined && this.#actor === actor) this.spontaneous();
+        },
+        error: (err: unknown) => {
+          this.#actorError = err ?? new Error("actor failed");
+          if (this.currentInput === undefined && this.#actor === actor) {
+            this.kernel.logger.error(
+              { agent: this.address, err },
+              "agent failed outside message handling; restarting it from its last stored state",
+            );
+            queueMicrotask(() => {
+              if (this.#actor === actor) void this.rollback();
+            });
+          }
+        },
+      });
+      registerSystem(actor.system, this);
+      actor.start();
+      this.#actor = actor;
+    } finally {
+      exitScope();
+    }
+    const startError = this.#actorError;
+    if (startError !== undefined) {
+      throw new TroupeError(ErrorCode.HANDLER_ERROR, `agent ${this.address} failed to start: ${errorMessage(startError)}`, {
+        cause: startError,
+      });
+    }
+  }
+
+  protected apply(event: unknown, info: MessageInfo): unknown {
+    const actor = this.#actor!;
+    this.resetOutputIndex();
+    this.#before = actor.getSnapshot();
+    enterScope(this, info);
+    try {
+      actor.send(toActorEvent(event, info));
+    } catch (e) {
+      this.#actorError ??= e;
+    } finally {
+      exitScope();
+    }
+    const err = this.#actorError ?? (actor.getSnapshot().status === "error" ? actor.getSnapshot().error : undefined);
+    if (err !== undefined) return err;
+    return undefined;
+  }
+
+  /** The actor's snapshot before the event being applied (to recover from its failure). */
+  #before: unknown;
+
+  protected override async recover(): Promise<void> {
+    // The actor stopped in error. Start again from the state just before the failed event:
+    // earlier messages of this batch succeeded and stay applied.
+    const machine = this.definition.machine as AnyStateMachine;
+    const before = machine.getPersistedSnapshot(this.#before as never);
+    this.stopActor();
+    this.#startActor(before);
+  }
+
+  protected async rollback(): Promise<void> {
+    this.stopActor();
+    this.#startActor(this.#stored);
+  }
+
+  protected async persist(outbox: Frame[], lastSequence: number): Promise<void> {
+    const actor = this.#actor!;
+    const inline = findInlineChildren(actor.getSnapshot());
+    if (inline.length > 0) {
+      throw new TroupeError(
+        ErrorCode.INVALID_ARGUMENT,
+        `agent ${this.address} has child actor(s) ${inline.map((s) => `"${s}"`).join(", ")} with inline logic, which XState cannot persist: register the logic in setup({ actors: { name: logic } }) and invoke or spawn it by name`,
+      );
+    }
+    const state = actor.getPersistedSnapshot();
+    const record: SnapshotRecord = {
+      state,
+      lastSequence,
+      outbox,
+      sent: this.sent,
+      updatedAt: this.kernel.clock.now(),
+    };
+    this.#revision = await this.kernel.backend.snapshots.put(this.address, record, this.#revision);
+    this.#stored = state;
+    this.#outboxStored = outbox.length > 0;
+    this.kernel.counters.snapshots++;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.idle();
+    if (this.#outboxStored && this.#actor !== undefined) {
+      // its outputs are published: clear the outbox so a later activation does not resend
+      await this.persist([], this.lastSequence);
+    }
+    this.stopActor();
+    this.state = LifecycleState.BOUND;
+  }
+
+  protected stopActor(): void {
+    const a = this.#actor;
+    this.#actor = undefined;
+    if (a !== undefined) {
+      try {
+        a.stop();
+      } catch {
+        // stopping a failed actor may throw inside XState; it is gone either way
+      }
+    }
+  }
+
+  /** The live XState snapshot (for status and tests). */
+  get snapshot(): unknown {
+    return this.#actor?.getSnapshot();
+  }
+
+  get persisted(): unknown {
+    return this.#actor?.getPersistedSnapshot();
+  }
+}
+
+/** The event the XState actor sees for an inbound frame. */
+function toActorEvent(event: unknown, info: MessageInfo): { type: string } {
+  if (info.kind === "error") {
+    const e: TroupeErrorEvent = { type: "troupe.error", error: event as ErrorInfo, from: info.from };
+    if (info.correlationId !== undefined) e.correlationId = info.correlationId;
+    return e;
+  }
+  return event as { type: string };
+}

@@ -1,0 +1,632 @@
+/**
+ * createRuntime: hosts agents on a backend (embedded by default) and gives refs to talk to
+ * them. The same API runs against the JetStream backend in a cluster.
+ */
+import {
+  DEFAULT_LIMITS,
+  type DecodeLimits,
+  ErrorCode,
+  type ErrorInfo,
+  type Frame,
+  type FrameKind,
+  TroupeError,
+  agentAddress,
+  fromErrorInfo,
+  newMessageId,
+  parseAgentAddress,
+  peekEnvelope,
+} from "@troupe/wire";
+import type { StandardSchemaV1 } from "@standard-schema/spec";
+import type { AgentDefinition } from "./agent.js";
+import type { Backend, Delivery, ParkedFrame, QuarantineEntry } from "./backend.js";
+import { Channel, type Channels } from "./channels-table.js";
+import { type Clock, systemClock } from "./clock.js";
+import { createEmbeddedBackend } from "./embedded.js";
+import { AgentHost, type Host, type HostStatus, LifecycleState } from "./host.js";
+import { type Kernel, type ResolvedConfig, type RuntimeStats, newStats } from "./kernel.js";
+import { type Logger, silentLogger } from "./logger.js";
+import { Pipeline, type Stage, type StageInfo, isPromise } from "./pipeline.js";
+import { builtInStages } from "./stages.js";
+
+export interface RuntimeConfig {
+  /** The agent types this runtime hosts. */
+  agents?: readonly AgentDefinition[];
+  /** Where messages and snapshots live. Default: a new embedded (in-process) backend. */
+  backend?: Backend;
+  /** Retries of a failing handler before the agent is quarantined. Default 3. */
+  maxRetries?: number;
+  /** First retry delay in ms; doubles with each retry. Default 100. */
+  retryDelayMs?: number;
+  /** Allow `runtime.use(stage)`. Default false. */
+  enableHooks?: boolean;
+  /** Passivate agents idle this long (ms); 0 = never. Default 60,000. */
+  idleTimeoutMs?: number;
+  /** Default timeout of `ref.request` (ms). Default 30,000. */
+  requestTimeoutMs?: number;
+  /** How long `shutdown()` waits for in-flight work (ms). Default 10,000. */
+  shutdownTimeoutMs?: number;
+  /** Decoding limits for inbound frames. */
+  limits?: Partial<DecodeLimits>;
+  logger?: Logger;
+  clock?: Clock;
+}
+
+/** What `send` returns once the message is durably in the agent's inbox. */
+export interface Receipt {
+  messageId: string;
+  /** The inbox sequence the message was stored at (its position for replay). */
+  sequence: number;
+  timestampNs: bigint;
+}
+
+export interface SendOptions {
+  /** Idempotency key: a second send with the same id (within the dedup window) is stored once. */
+  messageId?: string;
+}
+
+export interface RequestOptions extends SendOptions {
+  timeoutMs?: number;
+}
+
+export type AgentStatus = HostStatus;
+
+export interface AgentRef {
+  readonly type: string;
+  readonly key: string;
+  /** `type/key` */
+  readonly address: string;
+  send(event: { type: string }, options?: SendOptions): Promise<Receipt>;
+  /** Sends a request and waits for the agent's `reply(...)`. Rejects with TIMEOUT, or the agent's error. */
+  request<T = unknown>(event: { type: string }, options?: RequestOptions): Promise<T>;
+  status(): Promise<AgentStatus>;
+}
+
+export interface Runtime {
+  /** This process's client id; replies come to `~<clientId>`. */
+  readonly clientId: string;
+  readonly backend: Backend;
+  ref(type: string, key: string): AgentRef;
+  /** Quarantine by hand: its messages are held, in order, until release. */
+  quarantine(ref: AgentRef | string, reason: string): Promise<void>;
+  /** Lift quarantine; held messages are delivered first, in order. Returns how many were held. */
+  release(ref: AgentRef | string): Promise<number>;
+  quarantined(): Promise<QuarantineEntry[]>;
+  /** Frames refused by the pipeline (with their reasons), newest last. */
+  parked(limit?: number): Promise<ParkedFrame[]>;
+  /** Add a checkpoint stage (needs `enableHooks`). */
+  use(stage: Stage): void;
+  stages(): StageInfo[];
+  stats(): Readonly<RuntimeStats> & { activeAgents: number };
+  /** Waits until no message is in flight (all mailboxes handled). Mostly for tests and demos. */
+  settled(): Promise<void>;
+  /** Finishes in-flight work, persists snapshots, stops. */
+  shutdown(): Promise<void>;
+}
+
+interface PendingRequest {
+  resolve(v: unknown): void;
+  reject(e: unknown): void;
+  cancel(): void;
+}
+
+function resolveConfig(c: RuntimeConfig): ResolvedConfig {
+  const num = (name: string, v: number | undefined, dflt: number, min = 0): number => {
+    if (v === undefined) return dflt;
+    if (typeof v !== "number" || !Number.isFinite(v) || v < min) {
+      throw new TroupeError(ErrorCode.CONFIG_ERROR, `${name} must be a number >= ${min}, got ${String(v)}`);
+    }
+    return v;
+  };
+  if (c.enableHooks !== undefined && typeof c.enableHooks !== "boolean") {
+    throw new TroupeError(ErrorCode.CONFIG_ERROR, "enableHooks must be a boolean");
+  }
+  const limits = { ...DEFAULT_LIMITS, ...c.limits };
+  for (const [k, v] of Object.entries(limits)) num(`limits.${k}`, v, 0, 1);
+  return {
+    maxRetries: Math.floor(num("maxRetries", c.maxRetries, 3)),
+    retryDelayMs: num("retryDelayMs", c.retryDelayMs, 100),
+    enableHooks: c.enableHooks ?? false,
+    idleTimeoutMs: num("idleTimeoutMs", c.idleTimeoutMs, 60_000),
+    requestTimeoutMs: num("requestTimeoutMs", c.requestTimeoutMs, 30_000, 1),
+    shutdownTimeoutMs: num("shutdownTimeoutMs", c.shutdownTimeoutMs, 10_000),
+    limits,
+  };
+}
+
+/** @internal The runtime's implementation; the public surface is the Runtime interface. */
+export class RuntimeCore implements Kernel, Runtime {
+  readonly clientId = newMessageId();
+  readonly config: ResolvedConfig;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly backend: Backend;
+  readonly pipeline = new Pipeline();
+  readonly counters = newStats();
+  readonly channels: Channels = new Map();
+  readonly definitions = new Map<string, AgentDefinition>();
+  readonly hosts = new Map<string, Host>();
+  readonly #passivating = new Map<string, Promise<void>>();
+  readonly #pending = new Map<string, PendingRequest>();
+  readonly #inbox: string;
+  #clientSequence = 0;
+  #running = false;
+  #stopping = false;
+  #sweep: { cancel(): void } | undefined;
+  /** Work started outside a host (e.g. parking an orphan) that `settled()` waits for. */
+  #orphanWork = new Set<Promise<void>>();
+
+  constructor(config: RuntimeConfig) {
+    this.config = resolveConfig(config);
+    this.clock = config.clock ?? systemClock;
+    this.logger = config.logger ?? silentLogger;
+    this.backend = config.backend ?? createEmbeddedBackend({ clock: this.clock });
+    this.#inbox = `~${this.clientId}`;
+    for (const def of config.agents ?? []) {
+      if (def?.kind !== "troupe.agent") {
+        throw new TroupeError(ErrorCode.CONFIG_ERROR, "agents must be made with defineAgent()");
+      }
+      if (this.definitions.has(def.type)) {
+        throw new TroupeError(ErrorCode.CONFIG_ERROR, `agent type "${def.type}" is defined twice`);
+      }
+      this.definitions.set(def.type, def);
+    }
+    for (const s of builtInStages({
+      limits: this.config.limits,
+      clock: this.clock,
+      hostOf: (a) => this.hosts.get(a),
+      channels: this.channels,
+    })) {
+      this.pipeline.add(s);
+    }
+  }
+
+  async start(): Promise<void> {
+    await this.backend.open(this.clientId, {
+      deliver: (d) => this.#route(d),
+      direct: (f) => this.#onDirect(f),
+    });
+    this.#running = true;
+    this.#scheduleSweep();
+  }
+
+  // --- Kernel ----------------------------------------------------------------------------
+
+  async publish(frames: Frame[]): Promise<void> {
+    if (frames.length === 0) return;
+    // appends are issued in order without waiting one by one: the inbox keeps their order
+    const acks: Promise<unknown>[] = [];
+    for (const f of frames) {
+      this.counters.published++;
+      if (f.envelope.to.startsWith("~")) acks.push(this.backend.sendDirect(f));
+      else acks.push(this.backend.append({ frame: f }));
+    }
+    await Promise.all(acks);
+  }
+
+  sleep(ms: number): Promise<void> {
+    return new Promise((r) => this.clock.setTimeout(r, ms));
+  }
+
+  forget(host: Host): void {
+    if (this.hosts.get(host.address) === host) this.hosts.delete(host.address);
+  }
+
+  async waitForPassivation(address: string): Promise<void> {
+    await this.#passivating.get(address);
+  }
+
+  // --- inbound ---------------------------------------------------------------------------
+
+  #route(d: Delivery): void {
+    let host = this.hosts.get(d.to);
+    if (host === undefined) {
+      const created = this.#createHost(d.to);
+      if (created instanceof TroupeError) {
+        this.#track(this.#rejectOrphan(d, created));
+        return;
+      }
+      host = created;
+      this.hosts.set(d.to, host);
+    }
+    host.enqueue(d);
+  }
+
+  #createHost(address: string): Host | TroupeError {
+    let parsed: { type: string; key: string };
+    try {
+      parsed = parseAgentAddress(address);
+    } catch (e) {
+      return e as TroupeError;
+    }
+    const def = this.definitions.get(parsed.type);
+    if (def === undefined) {
+      return new TroupeError(ErrorCode.UNKNOWN_AGENT, `no agent type "${parsed.type}" is defined here`, {
+        details: { address },
+      });
+    }
+    return new AgentHost(address, parsed.type, parsed.key, def, this);
+  }
+
+  #track(p: Promise<void>): void {
+    this.#orphanWork.add(p);
+    void p.finally(() => this.#orphanWork.delete(p));
+  }
+
+  /** A message nobody here can take: park it, tell its sender, acknowledge it. */
+  async #rejectOrphan(d: Delivery, err: TroupeError): Promise<void> {
+    this.counters.rejected++;
+    let env = d.frame?.envelope;
+    if (env === undefined && d.bytes !== undefined) {
+      try {
+        env = peekEnvelope(d.bytes, this.config.limits).envelope;
+      } catch {
+        // undecodable as well: parked below with the routing failure as its reason
+      }
+    }
+    const entry: ParkedFrame = {
+      sequence: d.sequence,
+      to: d.to,
+      reason: err.message,
+      code: err.code,
+      at: this.clock.now(),
+    };
+    if (d.frame !== undefined) entry.frame = d.frame;
+    else if (d.bytes !== undefined) entry.bytes = d.bytes;
+    await this.backend.parked.park(entry);
+    this.logger.warn({ to: d.to, code: err.code, sequence: d.sequence }, `message parked: ${err.message}`);
+    if (env !== undefined && env.kind !== "error" && env.kind !== "reply") {
+      const to = env.replyTo ?? env.from;
+      await this.publish([this.#errorFrame(to, err, env.correlationId ?? env.messageId)]);
+    }
+    d.ack();
+  }
+
+  #errorFrame(to: string, err: TroupeError, correlationId: string): Frame {
+    const info: ErrorInfo = { code: err.code, message: err.message };
+    if (err.details !== undefined) info.details = err.details;
+    return {
+      envelope: {
+        version: 1,
+        kind: "error",
+        messageId: newMessageId(),
+        from: this.#inbox,
+        to,
+        sequence: ++this.#clientSequence,
+        timestampNs: this.clock.nowNs(),
+        correlationId,
+      },
+      message: { kind: "error", payload: info },
+    };
+  }
+
+  #onDirect(f: Frame): void {
+    const id = f.envelope.correlationId;
+    const p = id === undefined ? undefined : this.#pending.get(id);
+    if (p === undefined) {
+      if (f.envelope.kind === "error") {
+        const info = f.message.payload as ErrorInfo;
+        this.logger.warn({ from: f.envelope.from, code: info?.code }, `a message sent from here failed: ${info?.message}`);
+      } else {
+        this.counters.lateReplies++;
+      }
+      return;
+    }
+    this.#pending.delete(id!);
+    p.cancel();
+    if (f.envelope.kind === "error") p.reject(fromErrorInfo(f.message.payload as ErrorInfo));
+    else p.resolve(f.message.payload);
+  }
+
+  // --- outbound (clients) ----------------------------------------------------------------
+
+  #checkRunning(): void {
+    if (!this.#running || this.#stopping) {
+      throw new TroupeError(ErrorCode.SHUTDOWN, "the runtime is shut down");
+    }
+  }
+
+  #frameFor(address: string, kind: FrameKind, event: unknown, options?: SendOptions): Frame {
+    const messageId = options?.messageId ?? newMessageId();
+    if (typeof messageId !== "string" || messageId.length === 0 || messageId.length > 128) {
+      throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "messageId must be a string of 1-128 characters");
+    }
+    return {
+      envelope: {
+        version: 1,
+        kind,
+        messageId,
+        from: this.#inbox,
+        to: address,
+        sequence: ++this.#clientSequence,
+        timestampNs: this.clock.nowNs(),
+      },
+      message: { kind: "data", payload: event },
+    };
+  }
+
+  /** Checks made at the sender when this runtime knows the agent type (fast, clear errors). */
+  #precheck(type: string, event: unknown): void | Promise<void> {
+    const def = this.definitions.get(type);
+    if (def === undefined) {
+      throw new TroupeError(ErrorCode.UNKNOWN_AGENT, `no agent type "${type}" is defined here`);
+    }
+    const ev = event as { type?: unknown } | null;
+    if (typeof ev !== "object" || ev === null || typeof ev.type !== "string") {
+      throw new TroupeError(ErrorCode.VALIDATION_ERROR, `events are objects with a string "type"`);
+    }
+    const schema = (def.events as Record<string, StandardSchemaV1> | undefined)?.[ev.type];
+    if (schema === undefined) {
+      if (def.strictEvents) {
+        throw new TroupeError(ErrorCode.VALIDATION_ERROR, `${type} does not accept events of type "${ev.type}"`);
+      }
+      return;
+    }
+    const check = (r: StandardSchemaV1.Result<unknown>): void => {
+      if (r.issues !== undefined) {
+        throw new TroupeError(
+          ErrorCode.VALIDATION_ERROR,
+          `invalid "${ev.type}" event for ${type}: ${r.issues.map((i) => i.message).join("; ")}`,
+          { details: { issues: r.issues.map((i) => ({ message: i.message })) } },
+        );
+      }
+    };
+    const r = schema["~standard"].validate(event);
+    if (isPromise<StandardSchemaV1.Result<unknown>>(r)) return r.then(check);
+    check(r);
+  }
+
+  async #append(frame: Frame): Promise<Receipt> {
+    try {
+      const r = await this.backend.append({ frame });
+      return {
+        messageId: frame.envelope.messageId,
+        sequence: r.sequence,
+        timestampNs: frame.envelope.timestampNs,
+      };
+    } catch (e) {
+      if (e instanceof TroupeError) throw e;
+      throw new TroupeError(ErrorCode.TRANSPORT_ERROR, `could not append to the inbox: ${String(e)}`, {
+        cause: e,
+        retryAfterMs: 1000,
+      });
+    }
+  }
+
+  ref(type: string, key: string): AgentRef {
+    const address = agentAddress(type, key);
+    const send = async (event: { type: string }, options?: SendOptions): Promise<Receipt> => {
+      this.#checkRunning();
+      const pre = this.#precheck(type, event);
+      if (pre !== undefined) await pre;
+      return this.#append(this.#frameFor(address, "event", event, options));
+    };
+    const request = async <T>(event: { type: string }, options?: RequestOptions): Promise<T> => {
+      this.#checkRunning();
+      const pre = this.#precheck(type, event);
+      if (pre !== undefined) await pre;
+      const timeoutMs = options?.timeoutMs ?? this.config.requestTimeoutMs;
+      if (!(timeoutMs > 0)) {
+        throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "timeoutMs must be > 0");
+      }
+      const frame = this.#frameFor(address, "request", event, options);
+      const correlationId = frame.envelope.messageId;
+      frame.envelope.correlationId = correlationId;
+      frame.envelope.replyTo = this.#inbox;
+      const result = new Promise<T>((resolve, reject) => {
+        const timer = this.clock.setTimeout(() => {
+          this.#pending.delete(correlationId);
+          reject(
+            new TroupeError(ErrorCode.TIMEOUT, `no reply from ${address} within ${timeoutMs} ms`, {
+              details: { address, messageId: correlationId, timeoutMs },
+            }),
+          );
+        }, timeoutMs);
+        this.#pending.set(correlationId, {
+          resolve: resolve as (v: unknown) => void,
+          reject,
+          cancel: () => timer.cancel(),
+        });
+      });
+      try {
+        await this.#append(frame);
+      } catch (e) {
+        this.#pending.get(correlationId)?.cancel();
+        this.#pending.delete(correlationId);
+        throw e;
+      }
+      return result;
+    };
+    const status = async (): Promise<AgentStatus> => this.#status(address);
+    return Object.freeze({ type, key, address, send, request, status });
+  }
+
+  async #status(address: string): Promise<AgentStatus> {
+    if (!this.#running && this.#stopping) {
+      return { state: LifecycleState.UNBOUND, channelCount: 0, pendingMessageCount: 0 };
+    }
+    const host = this.hosts.get(address);
+    if (host !== undefined) return host.status();
+    const q = await this.backend.quarantine.get(address);
+    return {
+      state: q === undefined ? LifecycleState.BOUND : LifecycleState.QUARANTINED,
+      channelCount: 0,
+      pendingMessageCount: 0,
+    };
+  }
+
+  // --- operator surface ------------------------------------------------------------------
+
+  #addressOf(ref: AgentRef | string): string {
+    const address = typeof ref === "string" ? ref : ref?.address;
+    parseAgentAddress(address);
+    return address;
+  }
+
+  async quarantine(ref: AgentRef | string, reason: string): Promise<void> {
+    const address = this.#addressOf(ref);
+    if (typeof reason !== "string" || reason.trim() === "") {
+      throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "quarantine needs a reason");
+    }
+    const host = this.hosts.get(address);
+    if (host !== undefined) {
+      await host.enterQuarantine(reason, "manual");
+      return;
+    }
+    this.counters.quarantines++;
+    await this.backend.quarantine.set({ address, reason, by: "manual", since: this.clock.now() });
+  }
+
+  async release(ref: AgentRef | string): Promise<number> {
+    const address = this.#addressOf(ref);
+    const entry = await this.backend.quarantine.get(address);
+    const host = this.hosts.get(address);
+    if (entry === undefined && host?.state !== LifecycleState.QUARANTINED) {
+      throw new TroupeError(ErrorCode.INVALID_STATE, `${address} is not quarantined`);
+    }
+    await this.backend.quarantine.delete(address);
+    return host === undefined ? 0 : host.release();
+  }
+
+  quarantined(): Promise<QuarantineEntry[]> {
+    return this.backend.quarantine.list();
+  }
+
+  parked(limit?: number): Promise<ParkedFrame[]> {
+    return this.backend.parked.list(limit);
+  }
+
+  use(stage: Stage): void {
+    if (!this.config.enableHooks) {
+      throw new TroupeError(
+        ErrorCode.INVALID_STATE,
+        "custom stages are off: create the runtime with enableHooks: true",
+      );
+    }
+    this.pipeline.add(stage);
+  }
+
+  stages(): StageInfo[] {
+    return this.pipeline.list();
+  }
+
+  stats(): Readonly<RuntimeStats> & { activeAgents: number } {
+    return { ...this.counters, activeAgents: this.hosts.size };
+  }
+
+  // --- passivation and shutdown ----------------------------------------------------------
+
+  #scheduleSweep(): void {
+    const idle = this.config.idleTimeoutMs;
+    if (idle <= 0) return;
+    const every = Math.max(10, Math.min(idle / 2, 5_000));
+    this.#sweep = this.clock.setTimeout(() => {
+      this.#passivateIdle();
+      if (this.#running && !this.#stopping) this.#scheduleSweep();
+    }, every);
+  }
+
+  #passivateIdle(): void {
+    const now = this.clock.now();
+    for (const host of this.hosts.values()) {
+      if (host.busy || host.state !== LifecycleState.ACTIVE) continue;
+      const idle =
+        host instanceof AgentHost ? (host.definition.idleTimeoutMs ?? this.config.idleTimeoutMs) : 0;
+      if (idle > 0 && now - host.lastActivity >= idle) this.#passivate(host);
+    }
+  }
+
+  #passivate(host: Host): void {
+    this.hosts.delete(host.address);
+    this.counters.passivations++;
+    const p = host
+      .close()
+      .catch((err) => this.logger.error({ err, agent: host.address }, "passivation failed"))
+      .finally(() => {
+        if (this.#passivating.get(host.address) === p) this.#passivating.delete(host.address);
+      });
+    this.#passivating.set(host.address, p);
+  }
+
+  async settled(): Promise<void> {
+    // quiet = nothing draining and nothing queued for delivery, twice in a row
+    let quietRounds = 0;
+    while (quietRounds < 2) {
+      await new Promise<void>((r) => setImmediate(r));
+      const busy = [...this.hosts.values()].filter((h) => h.busy && h.state === LifecycleState.ACTIVE);
+      const work = [...this.#orphanWork, ...this.#passivating.values()];
+      if (busy.length === 0 && work.length === 0) quietRounds++;
+      else {
+        quietRounds = 0;
+        await Promise.all([...busy.map((h) => h.idle()), ...work]);
+      }
+    }
+  }
+
+  async shutdown(): Promise<void> {
+    if (!this.#running || this.#stopping) return;
+    this.#stopping = true;
+    this.#sweep?.cancel();
+    const deadline = new Promise<"timeout">((r) => {
+      const t = setTimeout(() => r("timeout"), this.config.shutdownTimeoutMs);
+      t.unref?.();
+    });
+    const outcome = await Promise.race([this.settled().then(() => "settled" as const), deadline]);
+    if (outcome === "timeout") {
+      this.logger.warn({}, "shutdown: in-flight work did not finish in time; unacknowledged messages stay in the inbox");
+    }
+    await Promise.all([...this.hosts.values()].map((h) => h.close().catch((err) => this.logger.error({ err, agent: h.address }, "could not persist agent at shutdown"))));
+    await Promise.all(this.#passivating.values());
+    this.hosts.clear();
+    for (const [id, p] of this.#pending) {
+      p.cancel();
+      p.reject(new TroupeError(ErrorCode.SHUTDOWN, "the runtime shut down before the reply came"));
+      this.#pending.delete(id);
+    }
+    await this.backend.close();
+    this.#running = false;
+  }
+
+  /** @internal bound callables and channels register here (channel API). */
+  registerHost(host: Host): void {
+    if (this.hosts.has(host.address)) {
+      throw new TroupeError(ErrorCode.INVALID_STATE, `${host.address} is bound already`);
+    }
+    this.hosts.set(host.address, host);
+  }
+
+  /** @internal */
+  openChannel(a: string, b: string, key: Uint8Array): Channel {
+    const channel = new Channel(newMessageId(), a, b, key, this.clock.now());
+    this.channels.set(channel.id, channel);
+    return channel;
+  }
+
+  /** @internal */
+  get running(): boolean {
+    return this.#running && !this.#stopping;
+  }
+
+  /** @internal */
+  appendFrame(frame: Frame): Promise<Receipt> {
+    return this.#append(frame);
+  }
+
+  /** @internal */
+  appendBytes(bytes: Uint8Array, envelope: Frame["envelope"]): Promise<Receipt> {
+    return this.backend.append({ bytes, envelope }).then(
+      (r) => ({ messageId: envelope.messageId, sequence: r.sequence, timestampNs: envelope.timestampNs }),
+      (e) => {
+        throw e instanceof TroupeError
+          ? e
+          : new TroupeError(ErrorCode.TRANSPORT_ERROR, `could not append to the inbox: ${String(e)}`, { cause: e });
+      },
+    );
+  }
+}
+
+/** Starts a runtime. Embedded (in-process) unless a backend is given. */
+export async function createRuntime(config: RuntimeConfig = {}): Promise<Runtime> {
+  const runtime = new RuntimeCore(config);
+  await runtime.start();
+  return runtime;
+}

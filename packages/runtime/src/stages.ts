@@ -1,0 +1,210 @@
+/** The built-in checkpoint stages: decode, dedup, open, validate, authorize, rate-limit. */
+import {
+  type DecodeLimits,
+  ErrorCode,
+  TroupeError,
+  decodeFrame,
+  openFrame,
+  peekEnvelope,
+} from "@troupe/wire";
+import type { StandardSchemaV1 } from "@standard-schema/spec";
+import type { AgentDefinition } from "./agent.js";
+import type { Channels } from "./channels-table.js";
+import type { Clock } from "./clock.js";
+import type { Host } from "./host.js";
+import { AgentHost } from "./host.js";
+import { type Stage, type StageContext, StageOrder, isPromise } from "./pipeline.js";
+
+export interface StageDeps {
+  limits: DecodeLimits;
+  clock: Clock;
+  hostOf(address: string): Host | undefined;
+  channels: Channels;
+}
+
+export function builtInStages(deps: StageDeps): Stage[] {
+  return [decodeStage(deps), dedupStage(deps), openStage(deps), validateStage(deps), authorizeStage(deps), rateLimitStage(deps)];
+}
+
+function decodeStage({ limits }: StageDeps): Stage {
+  return {
+    name: "decode",
+    order: StageOrder.DECODE,
+    run(ctx) {
+      let envelope = ctx.frame?.envelope;
+      if (ctx.frame === undefined) {
+        const bytes = ctx.delivery.bytes;
+        if (bytes === undefined) {
+          throw new TroupeError(ErrorCode.DECODE_ERROR, "delivery carries neither a frame nor bytes");
+        }
+        const peeked = peekEnvelope(bytes, limits);
+        envelope = peeked.envelope;
+        if (!peeked.sealed) {
+          const frame = decodeFrame(bytes, limits);
+          ctx.frame = frame;
+          ctx.event = frame.message.payload;
+        }
+      }
+      ctx.envelope = envelope;
+      const to = envelope!.to;
+      if (to !== ctx.to) {
+        throw new TroupeError(ErrorCode.DECODE_ERROR, `frame addressed to ${to} was delivered to ${ctx.to}`);
+      }
+      return undefined;
+    },
+  };
+}
+
+function dedupStage({ hostOf }: StageDeps): Stage {
+  return {
+    name: "dedup",
+    order: StageOrder.DEDUP,
+    run(ctx) {
+      const host = hostOf(ctx.to);
+      // effects of this inbox position are in the stored snapshot already
+      if (host !== undefined && ctx.delivery.sequence <= host.lastSequence) {
+        return { skip: "duplicate" };
+      }
+      return undefined;
+    },
+  };
+}
+
+function openStage({ limits, channels }: StageDeps): Stage {
+  return {
+    name: "open",
+    order: StageOrder.OPEN,
+    run(ctx) {
+      const env = ctx.envelope!;
+      if (env.channel === undefined) {
+        if (ctx.frame === undefined) {
+          throw new TroupeError(ErrorCode.CRYPTO_ERROR, "sealed frame names no channel");
+        }
+        return undefined;
+      }
+      const channel = channels.get(env.channel);
+      if (channel === undefined || !channel.connects(env.from, env.to)) {
+        throw new TroupeError(
+          ErrorCode.CHANNEL_NOT_FOUND,
+          `no channel ${env.channel} between ${env.from} and ${env.to}`,
+        );
+      }
+      if (ctx.frame === undefined) {
+        const frame = openFrame(ctx.delivery.bytes!, channel.key, limits);
+        ctx.frame = frame;
+        ctx.event = frame.message.payload;
+      }
+      // replay protection: each sequence number of a channel direction is accepted once
+      channel.acceptSequence(env.from, env.sequence);
+      return undefined;
+    },
+  };
+}
+
+function validateStage({ hostOf }: StageDeps): Stage {
+  return {
+    name: "validate",
+    order: StageOrder.VALIDATE,
+    run(ctx) {
+      const host = hostOf(ctx.to);
+      if (!(host instanceof AgentHost) || ctx.frame === undefined) return undefined;
+      if (ctx.frame.message.kind === "error") return undefined;
+      const event = ctx.event as { type?: unknown } | null;
+      if (typeof event !== "object" || event === null || typeof event.type !== "string") {
+        throw new TroupeError(
+          ErrorCode.VALIDATION_ERROR,
+          `${ctx.to} takes XState events: an object with a string "type"`,
+        );
+      }
+      return validateEvent(host.definition, ctx, event.type);
+    },
+  };
+}
+
+function validateEvent(
+  def: AgentDefinition,
+  ctx: StageContext,
+  type: string,
+): undefined | Promise<undefined> {
+  const schema = (def.events as Record<string, StandardSchemaV1> | undefined)?.[type];
+  if (schema === undefined) {
+    if (def.strictEvents && !type.startsWith("troupe.")) {
+      throw new TroupeError(ErrorCode.VALIDATION_ERROR, `${def.type} does not accept events of type "${type}"`);
+    }
+    return undefined;
+  }
+  const result = schema["~standard"].validate(ctx.event);
+  if (isPromise<StandardSchemaV1.Result<unknown>>(result)) {
+    return result.then((r) => applyResult(ctx, def, type, r));
+  }
+  return applyResult(ctx, def, type, result);
+}
+
+function applyResult(
+  ctx: StageContext,
+  def: AgentDefinition,
+  type: string,
+  result: StandardSchemaV1.Result<unknown>,
+): undefined {
+  if (result.issues !== undefined) {
+    const issues = result.issues.map((i) => ({
+      message: i.message,
+      path: i.path?.map((p) => (typeof p === "object" ? String(p.key) : String(p))),
+    }));
+    throw new TroupeError(
+      ErrorCode.VALIDATION_ERROR,
+      `invalid "${type}" event for ${def.type}: ${issues.map((i) => (i.path?.length ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ")}`,
+      { details: { issues } },
+    );
+  }
+  ctx.event = result.value;
+  return undefined;
+}
+
+function authorizeStage({ hostOf }: StageDeps): Stage {
+  return {
+    name: "authorize",
+    order: StageOrder.AUTHORIZE,
+    run(ctx) {
+      const host = hostOf(ctx.to);
+      const authorize = host instanceof AgentHost ? host.definition.authorize : undefined;
+      if (authorize === undefined) return undefined;
+      const env = ctx.envelope!;
+      if (!authorize({ from: env.from, to: env.to, event: ctx.event })) {
+        throw new TroupeError(ErrorCode.UNAUTHORIZED, `${env.from} may not message ${env.to}`);
+      }
+      return undefined;
+    },
+  };
+}
+
+function rateLimitStage({ hostOf, clock }: StageDeps): Stage {
+  const buckets = new WeakMap<Host, { tokens: number; at: number }>();
+  return {
+    name: "rate-limit",
+    order: StageOrder.RATE_LIMIT,
+    run(ctx) {
+      const host = hostOf(ctx.to);
+      const limit = host instanceof AgentHost ? host.definition.rateLimit : undefined;
+      if (limit === undefined || host === undefined) return undefined;
+      const burst = limit.burst ?? limit.perSecond;
+      const now = clock.now();
+      let b = buckets.get(host);
+      if (b === undefined) {
+        b = { tokens: burst, at: now };
+        buckets.set(host, b);
+      }
+      b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * limit.perSecond);
+      b.at = now;
+      if (b.tokens < 1) {
+        throw new TroupeError(
+          ErrorCode.RATE_LIMITED,
+          `${ctx.to} takes at most ${limit.perSecond} messages/s (burst ${burst})`,
+          { retryAfterMs: Math.ceil(((1 - b.tokens) / limit.perSecond) * 1000) },
+        );
+      }
+      b.tokens -= 1;
+      return undefined;
+    },
+  };
+}
