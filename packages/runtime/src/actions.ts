@@ -22,6 +22,10 @@ export interface MessageInfo {
   kind: FrameKind;
   /** The inbox sequence of this message. */
   sequence: number;
+  /** The sender's own sequence number (per channel when `channel` is set). */
+  senderSequence: number;
+  /** The channel it came on, if any (the low-level channel API). */
+  channel?: string;
   correlationId?: string;
   /** Where a reply to this message goes, if anywhere. */
   replyTarget?: ReplyToken;

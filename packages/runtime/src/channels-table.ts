@@ -1,5 +1,8 @@
 /** Established channels: a key shared by two endpoints, with per-direction sequence numbers. */
-import { type SequenceWindow, createSequenceWindow } from "@troupe/wire";
+import { ErrorCode, type SequenceWindow, TroupeError, createSequenceWindow } from "@troupe/wire";
+
+/** How many accepted (channel sequence → inbox sequence) pairs are remembered. */
+const CLAIMS_KEPT = 4096;
 
 export class Channel {
   readonly id: string;
@@ -10,6 +13,8 @@ export class Channel {
   readonly establishedAt: number;
   readonly #sent = new Map<string, number>();
   readonly #received = new Map<string, SequenceWindow>();
+  /** Which inbox message each accepted channel sequence came in (re-processing is no replay). */
+  readonly #claims = new Map<string, number>();
   /** Sequence gaps seen by receivers (messages that never arrived, or not yet). */
   gaps = 0;
 
@@ -35,15 +40,31 @@ export class Channel {
     return n;
   }
 
-  /** Throws REPLAY_DETECTED for a sequence seen before. */
-  acceptSequence(from: string, sequence: number): void {
+  /**
+   * Throws REPLAY_DETECTED for a sequence seen before in another inbox message. The same inbox
+   * message handled again (after a retry or a quarantine release) is not a replay.
+   */
+  acceptSequence(from: string, sequence: number, inboxSequence: number): void {
     let w = this.#received.get(from);
     if (w === undefined) {
       w = createSequenceWindow();
       this.#received.set(from, w);
     }
-    const r = w.accept(sequence);
-    if (r.gap !== undefined) this.gaps += r.gap.to - r.gap.from + 1;
+    const claim = `${from} ${sequence}`;
+    try {
+      const r = w.accept(sequence);
+      if (r.gap !== undefined) this.gaps += r.gap.to - r.gap.from + 1;
+    } catch (e) {
+      if (e instanceof TroupeError && e.code === ErrorCode.REPLAY_DETECTED && this.#claims.get(claim) === inboxSequence) {
+        return;
+      }
+      throw e;
+    }
+    this.#claims.set(claim, inboxSequence);
+    if (this.#claims.size > CLAIMS_KEPT) {
+      const oldest = this.#claims.keys().next().value;
+      if (oldest !== undefined) this.#claims.delete(oldest);
+    }
   }
 }
 

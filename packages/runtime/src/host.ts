@@ -298,7 +298,9 @@ export abstract class Host implements Emitter {
       from: env.from,
       kind: env.kind,
       sequence: ctx.delivery.sequence,
+      senderSequence: env.sequence,
     };
+    if (env.channel !== undefined) info.channel = env.channel;
     if (env.correlationId !== undefined) info.correlationId = env.correlationId;
     if (env.kind === "request" || env.kind === "event") {
       const to = env.replyTo ?? (env.from.startsWith("~") ? undefined : env.from);
@@ -315,7 +317,8 @@ export abstract class Host implements Emitter {
       }
       this.pendingOutputs = [];
       this.currentInput = info;
-      const error = this.apply(event, info);
+      let error = this.apply(event, info);
+      if (isPromise(error)) error = await error.then(() => undefined, (e: unknown) => e ?? new Error("failed"));
       this.currentInput = undefined;
       if (error === undefined) {
         for (const f of this.pendingOutputs) this.outputs.push(f);
@@ -417,7 +420,10 @@ export abstract class Host implements Emitter {
 
   /** Load state (snapshot) before the first message. */
   protected abstract activate(): Promise<void>;
-  /** Apply one event; return the error if the handler failed, undefined if it succeeded. */
+  /**
+   * Apply one event; return the error if the handler failed, undefined if it succeeded (or a
+   * promise that rejects with the error / fulfils on success, for asynchronous handlers).
+   */
   protected abstract apply(event: unknown, info: MessageInfo): unknown;
   /** After a failed apply: get back to the state before it. */
   protected abstract recover(): Promise<void>;

@@ -6,6 +6,7 @@ export type { ReplyToken, MessageInfo } from "./actions.js";
 export { createRuntime } from "./runtime.js";
 export type {
   AgentRef,
+  AnyAgentEvent,
   AgentStatus,
   Receipt,
   RequestOptions,
@@ -50,3 +51,5 @@ export {
   isChannelNotFound,
   isCryptoError,
 } from "@troupe/wire";
+export { bind, send, channels, status, unbind } from "./channels.js";
+export type { BoundHandle, Callable, ChannelInfo, ChannelMessage } from "./channels.js";

@@ -17,6 +17,7 @@ import {
   peekEnvelope,
 } from "@troupe/wire";
 import type { StandardSchemaV1 } from "@standard-schema/spec";
+import type { EventFromLogic } from "xstate";
 import type { AgentDefinition } from "./agent.js";
 import type { Backend, Delivery, ParkedFrame, QuarantineEntry } from "./backend.js";
 import { Channel, type Channels } from "./channels-table.js";
@@ -70,14 +71,21 @@ export interface RequestOptions extends SendOptions {
 
 export type AgentStatus = HostStatus;
 
-export interface AgentRef {
+/** Any XState event: an object with a string `type`. */
+export interface AnyAgentEvent {
+  type: string;
+  [field: string]: unknown;
+}
+
+export interface AgentRef<TEvent extends { type: string } = AnyAgentEvent> {
   readonly type: string;
   readonly key: string;
   /** `type/key` */
   readonly address: string;
-  send(event: { type: string }, options?: SendOptions): Promise<Receipt>;
+  /** Resolves once the message is durably in the agent's inbox (not once it is handled). */
+  send(event: TEvent, options?: SendOptions): Promise<Receipt>;
   /** Sends a request and waits for the agent's `reply(...)`. Rejects with TIMEOUT, or the agent's error. */
-  request<T = unknown>(event: { type: string }, options?: RequestOptions): Promise<T>;
+  request<T = unknown>(event: TEvent, options?: RequestOptions): Promise<T>;
   status(): Promise<AgentStatus>;
 }
 
@@ -85,6 +93,8 @@ export interface Runtime {
   /** This process's client id; replies come to `~<clientId>`. */
   readonly clientId: string;
   readonly backend: Backend;
+  /** A ref to agent `type/key`; pass the definition instead of its type for typed events. */
+  ref<D extends AgentDefinition>(agent: D, key: string): AgentRef<EventFromLogic<D["machine"]>>;
   ref(type: string, key: string): AgentRef;
   /** Quarantine by hand: its messages are held, in order, until release. */
   quarantine(ref: AgentRef | string, reason: string): Promise<void>;
@@ -232,6 +242,9 @@ export class RuntimeCore implements Kernel, Runtime {
   }
 
   #createHost(address: string): Host | TroupeError {
+    if (address.startsWith("#")) {
+      return new TroupeError(ErrorCode.INVALID_STATE, `${address} is not bound (unbound, or never was)`);
+    }
     let parsed: { type: string; key: string };
     try {
       parsed = parseAgentAddress(address);
@@ -392,7 +405,10 @@ export class RuntimeCore implements Kernel, Runtime {
     }
   }
 
-  ref(type: string, key: string): AgentRef {
+  ref<D extends AgentDefinition>(agent: D, key: string): AgentRef<EventFromLogic<D["machine"]>>;
+  ref(type: string, key: string): AgentRef;
+  ref(agent: string | AgentDefinition, key: string): AgentRef {
+    const type = typeof agent === "string" ? agent : agent?.type;
     const address = agentAddress(type, key);
     const send = async (event: { type: string }, options?: SendOptions): Promise<Receipt> => {
       this.#checkRunning();
@@ -458,7 +474,10 @@ export class RuntimeCore implements Kernel, Runtime {
 
   #addressOf(ref: AgentRef | string): string {
     const address = typeof ref === "string" ? ref : ref?.address;
-    parseAgentAddress(address);
+    // bound callables (`#<hex id>`) can be quarantined and released too
+    if (!(typeof address === "string" && address.startsWith("#") && this.hosts.has(address))) {
+      parseAgentAddress(address);
+    }
     return address;
   }
 

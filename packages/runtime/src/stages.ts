@@ -89,13 +89,17 @@ function openStage({ limits, channels }: StageDeps): Stage {
           `no channel ${env.channel} between ${env.from} and ${env.to}`,
         );
       }
-      if (ctx.frame === undefined) {
+      if (ctx.frame !== undefined) {
+        // channels are encrypted end to end: a clear frame naming one is forged or misrouted
+        throw new TroupeError(ErrorCode.CRYPTO_ERROR, `frame on channel ${env.channel} is not sealed`);
+      }
+      {
         const frame = openFrame(ctx.delivery.bytes!, channel.key, limits);
         ctx.frame = frame;
         ctx.event = frame.message.payload;
       }
       // replay protection: each sequence number of a channel direction is accepted once
-      channel.acceptSequence(env.from, env.sequence);
+      channel.acceptSequence(env.from, env.sequence, ctx.delivery.sequence);
       return undefined;
     },
   };

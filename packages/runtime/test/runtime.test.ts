@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { assign, fromPromise, setup, spawnChild } from "xstate";
+import { assign, createMachine, fromPromise, setup, spawnChild } from "xstate";
 import { z } from "zod";
 import {
   ErrorCode,
@@ -117,7 +117,7 @@ describe("runtime (embedded)", () => {
         on: {
           go: { actions: sendToAgent("strict", "s", { type: "inc", by: "lots" } as never) },
           "troupe.error": {
-            actions: assign({ errors: ({ context, event }) => [...context.errors, (event as { error: { code: string } }).error.code] }),
+            actions: assign({ errors: ({ context, event }) => [...context.errors, (event as unknown as { error: { code: string } }).error.code] }),
           },
           get: { actions: reply(({ context }) => ({ type: "errors", errors: context.errors })) },
         },
@@ -239,7 +239,7 @@ describe("runtime (embedded)", () => {
   it("refuses inline (unpersistable) child logic with a clear reason", async () => {
     const inline = defineAgent({
       type: "inline",
-      machine: setup({}).createMachine({
+      machine: createMachine({
         on: { go: { actions: spawnChild(fromPromise(async () => 1), { id: "worker" }) } },
       }),
     });
