@@ -73,7 +73,20 @@ function emitterFor(system: AnyActorSystem | undefined): Emitter {
 
 /** The message being handled, while its transition runs (undefined otherwise). */
 export function currentMessage(): MessageInfo | undefined {
-  return currentMessageInfo;
+  const m = currentMessageInfo;
+  if (m === undefined) return undefined;
+  const info: MessageInfo = {
+    messageId: m.messageId,
+    from: m.from,
+    kind: m.kind,
+    sequence: m.sequence,
+    senderSequence: m.senderSequence,
+  };
+  if (m.channel !== undefined) info.channel = m.channel;
+  if (m.correlationId !== undefined) info.correlationId = m.correlationId;
+  const target = m.replyTarget;
+  if (target !== undefined) info.replyTarget = target;
+  return info;
 }
 
 /**

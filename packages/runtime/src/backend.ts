@@ -29,8 +29,14 @@ export interface AppendResult {
   duplicate: boolean;
 }
 
-/** What travels into `append`: a frame object, or bytes with their routing envelope. */
-export type Outgoing = { frame: Frame } | { bytes: Uint8Array; envelope: Envelope };
+/**
+ * What travels into `append`: a frame object, or bytes with their routing envelope.
+ * `fresh` says the message id was just minted at random, so no earlier copy can exist: a
+ * backend may skip its dedup bookkeeping (a transport that can retry a publish must not).
+ */
+export type Outgoing = ({ frame: Frame } | { bytes: Uint8Array; envelope: Envelope }) & {
+  fresh?: boolean;
+};
 
 /** The agent's durable record: its XState snapshot plus what exactly-once needs. */
 export interface SnapshotRecord {

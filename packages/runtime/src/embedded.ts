@@ -39,12 +39,50 @@ export interface EmbeddedBackend extends Backend {
 // and keeps callers from sharing mutable objects with the store.
 const recordCodec = new Packr({ useRecords: false, moreTypes: true, structuredClone: false });
 
-interface Entry {
-  sequence: number;
-  out: Outgoing;
-  to: string;
-  delivered: boolean;
-  redelivered: boolean;
+/** One inbox message; it is its own Delivery (no per-delivery allocation on the hot path). */
+class Entry implements Delivery {
+  readonly sequence: number;
+  readonly to: string;
+  readonly frame: Frame | undefined;
+  readonly bytes: Uint8Array | undefined;
+  delivered = false;
+  redelivered = false;
+  settled = false;
+  readonly #inbox: Inbox;
+
+  constructor(inbox: Inbox, sequence: number, out: Outgoing, to: string) {
+    this.#inbox = inbox;
+    this.sequence = sequence;
+    this.to = to;
+    if ("frame" in out) {
+      this.frame = out.frame;
+      this.bytes = undefined;
+    } else {
+      this.frame = undefined;
+      this.bytes = out.bytes;
+    }
+  }
+
+  acked = false;
+
+  ack(): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.acked = true;
+    this.#inbox.acked();
+  }
+
+  nak(delayMs = 0): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.redelivered = true;
+    this.#inbox.requeue(this, delayMs);
+  }
+}
+
+interface Inbox {
+  acked(): void;
+  requeue(entry: Entry, delayMs: number): void;
 }
 
 export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): EmbeddedBackend {
@@ -53,13 +91,47 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
   const maxParked = options.maxParked ?? 10_000;
 
   let sequence = 0;
-  const log = new Map<number, Entry>();
+  // The log: entries in sequence order from `head`; acknowledged ones are trimmed off the front.
+  let entries: Entry[] = [];
+  let head = 0;
+  let unacked = 0;
   const queue: Entry[] = [];
-  const seen = new Map<string, { sequence: number; at: number }>();
+  // Dedup: message id → sequence, and the ids in arrival order to expire them.
+  const seen = new Map<string, number>();
+  const seenIds: string[] = [];
+  const seenAt: number[] = [];
+  let seenHead = 0;
   let handlers: BackendHandlers | undefined;
   let clientId: string | undefined;
   let flushScheduled = false;
   const directInboxes = new Map<string, BackendHandlers>();
+
+  const inbox: Inbox = {
+    acked() {
+      unacked--;
+      while (head < entries.length && entries[head]!.acked) head++;
+      if (head > 4096 && head * 2 > entries.length) {
+        entries = entries.slice(head);
+        head = 0;
+      }
+    },
+    requeue(entry, delayMs) {
+      const again = () => {
+        if (entry.acked) return;
+        queue.push(entry);
+        scheduleFlush();
+      };
+      if (delayMs > 0) clock.setTimeout(again, delayMs);
+      else again();
+    },
+  };
+
+  function* unacknowledged(): Generator<Entry> {
+    for (let i = head; i < entries.length; i++) {
+      const e = entries[i]!;
+      if (!e.acked) yield e;
+    }
+  }
 
   function scheduleFlush(): void {
     if (flushScheduled || handlers === undefined) return;
@@ -72,48 +144,24 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
     const h = handlers;
     if (h === undefined) return;
     // deliveries made during this flush (e.g. by a handler that appends) wait for the next
-    const n = queue.length;
-    const batch = queue.splice(0, n);
+    const batch = queue.splice(0, queue.length);
     for (const entry of batch) {
-      if (!log.has(entry.sequence)) continue; // acknowledged meanwhile
+      if (entry.acked) continue;
       entry.delivered = true;
-      h.deliver(makeDelivery(entry));
+      entry.settled = false;
+      h.deliver(entry);
     }
   }
 
-  function makeDelivery(entry: Entry): Delivery {
-    let settled = false;
-    const base = {
-      to: entry.to,
-      sequence: entry.sequence,
-      redelivered: entry.redelivered,
-      ack() {
-        if (settled) return;
-        settled = true;
-        log.delete(entry.sequence);
-      },
-      nak(delayMs = 0) {
-        if (settled) return;
-        settled = true;
-        entry.redelivered = true;
-        const requeue = () => {
-          if (!log.has(entry.sequence)) return;
-          queue.push(entry);
-          scheduleFlush();
-        };
-        if (delayMs > 0) clock.setTimeout(requeue, delayMs);
-        else requeue();
-      },
-    };
-    return "frame" in entry.out
-      ? { ...base, frame: entry.out.frame }
-      : { ...base, bytes: entry.out.bytes };
-  }
-
-  function pruneSeen(now: number): void {
-    for (const [id, v] of seen) {
-      if (now - v.at < windowMs) break;
-      seen.delete(id);
+  function expireSeen(now: number): void {
+    while (seenHead < seenIds.length && now - seenAt[seenHead]! >= windowMs) {
+      seen.delete(seenIds[seenHead]!);
+      seenHead++;
+    }
+    if (seenHead > 4096 && seenHead * 2 > seenIds.length) {
+      seenIds.splice(0, seenHead);
+      seenAt.splice(0, seenHead);
+      seenHead = 0;
     }
   }
 
@@ -191,7 +239,7 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
   return {
     kind: "embedded",
     get unacknowledged() {
-      return log.size;
+      return unacked;
     },
     async open(id, h) {
       if (handlers !== undefined) {
@@ -205,22 +253,27 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
       directInboxes.set(`~${id}`, h);
       // whatever the previous consumer left unacknowledged is delivered again, in order
       queue.length = 0;
-      for (const entry of log.values()) queue.push(entry);
+      for (const entry of unacknowledged()) queue.push(entry);
       scheduleFlush();
     },
-    async append(out): Promise<AppendResult> {
+    append(out): Promise<AppendResult> {
       const envelope = "frame" in out ? out.frame.envelope : out.envelope;
       const now = clock.now();
-      pruneSeen(now);
-      const prior = seen.get(envelope.messageId);
-      if (prior !== undefined) return { sequence: prior.sequence, duplicate: true };
+      if (seenHead < seenIds.length && now - seenAt[seenHead]! >= windowMs) expireSeen(now);
+      if (out.fresh !== true) {
+        const prior = seen.get(envelope.messageId);
+        if (prior !== undefined) return Promise.resolve({ sequence: prior, duplicate: true });
+        seen.set(envelope.messageId, sequence + 1);
+        seenIds.push(envelope.messageId);
+        seenAt.push(now);
+      }
       sequence++;
-      seen.set(envelope.messageId, { sequence, at: now });
-      const entry: Entry = { sequence, out, to: envelope.to, delivered: false, redelivered: false };
-      log.set(sequence, entry);
+      const entry = new Entry(inbox, sequence, out, envelope.to);
+      entries.push(entry);
+      unacked++;
       queue.push(entry);
       scheduleFlush();
-      return { sequence, duplicate: false };
+      return Promise.resolve({ sequence, duplicate: false });
     },
     async sendDirect(frame: Frame) {
       const h = directInboxes.get(frame.envelope.to);
@@ -236,7 +289,7 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
       clientId = undefined;
       queue.length = 0;
       // entries stay in the log: the next runtime that opens this backend gets them again
-      for (const entry of log.values()) {
+      for (const entry of unacknowledged()) {
         if (entry.delivered) entry.redelivered = true;
         entry.delivered = false;
       }

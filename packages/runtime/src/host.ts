@@ -15,12 +15,19 @@ import {
   toErrorInfo,
 } from "@troupe/wire";
 import { type AnyActor, type AnyStateMachine, createActor } from "xstate";
-import { type Emitter, type MessageInfo, enterScope, exitScope, registerSystem } from "./actions.js";
+import {
+  type Emitter,
+  type MessageInfo,
+  type ReplyToken,
+  enterScope,
+  exitScope,
+  registerSystem,
+} from "./actions.js";
 import type { AgentDefinition } from "./agent.js";
 import { findInlineChildren } from "./agent.js";
 import type { Delivery, SnapshotRecord } from "./backend.js";
 import type { Kernel } from "./kernel.js";
-import { type StageContext, isPromise } from "./pipeline.js";
+import { type StageContext, type StageResult, isPromise } from "./pipeline.js";
 
 export const LifecycleState = {
   BOUND: "BOUND",
@@ -160,7 +167,8 @@ export abstract class Host implements Emitter {
       const d = batch[i]!;
       let outcome: Outcome;
       try {
-        outcome = await this.#process(d);
+        const o = this.#process(d);
+        outcome = isPromise<Outcome>(o) ? await o : o;
       } catch (e) {
         // nothing of this batch is stored: all of it goes back, to be delivered again
         this.mailbox.unshift(...batch);
@@ -224,26 +232,28 @@ export abstract class Host implements Emitter {
     this.kernel.counters.acked += done.length;
   }
 
-  /** Decode → … → handler for one delivery. */
-  async #process(d: Delivery): Promise<Outcome> {
-    const ctx: StageContext = {
-      delivery: d,
-      to: this.address,
-      envelope: d.frame?.envelope,
-      frame: d.frame,
-      event: d.frame?.message.payload,
-      locals: new Map(),
-    };
+  /** Decode → … → handler for one delivery. Synchronous unless a stage or handler is not. */
+  #process(d: Delivery): Outcome | Promise<Outcome> {
+    const ctx = new MessageContext(d, this);
+    let r: ReturnType<Kernel["pipeline"]["run"]>;
     try {
-      let r = this.kernel.pipeline.run(ctx);
-      if (isPromise(r)) r = await r;
-      if (r !== undefined) {
-        this.kernel.counters.skipped++;
-        return "skipped";
-      }
+      r = this.kernel.pipeline.run(ctx);
     } catch (e) {
-      await this.reject(ctx, e);
-      return "rejected";
+      return this.reject(ctx, e).then(() => "rejected" as const);
+    }
+    if (isPromise(r)) {
+      return r.then(
+        (v) => this.#afterPipeline(ctx, v),
+        (e: unknown) => this.reject(ctx, e).then(() => "rejected" as const),
+      );
+    }
+    return this.#afterPipeline(ctx, r);
+  }
+
+  #afterPipeline(ctx: MessageContext, r: StageResult): Outcome | Promise<Outcome> {
+    if (r !== undefined) {
+      this.kernel.counters.skipped++;
+      return "skipped";
     }
     return this.#handle(ctx);
   }
@@ -291,46 +301,65 @@ export abstract class Host implements Emitter {
     );
   }
 
-  async #handle(ctx: StageContext): Promise<Outcome> {
-    const env = ctx.envelope!;
-    const info: MessageInfo = {
-      messageId: env.messageId,
-      from: env.from,
-      kind: env.kind,
-      sequence: ctx.delivery.sequence,
-      senderSequence: env.sequence,
-    };
-    if (env.channel !== undefined) info.channel = env.channel;
-    if (env.correlationId !== undefined) info.correlationId = env.correlationId;
-    if (env.kind === "request" || env.kind === "event") {
-      const to = env.replyTo ?? (env.from.startsWith("~") ? undefined : env.from);
-      if (to !== undefined) info.replyTarget = { to, correlationId: env.correlationId ?? env.messageId };
+  #handle(ctx: MessageContext): Outcome | Promise<Outcome> {
+    // the context doubles as the MessageInfo actions see: no allocation per message
+    const info: MessageInfo = ctx;
+    const first = this.#attempt(ctx.event, info);
+    if (first === undefined) return "ok";
+    if (isPromise(first)) {
+      return first.then((err) => (err === undefined ? "ok" : this.#retry(ctx, info, err)));
     }
-    const event = ctx.event;
+    return this.#retry(ctx, info, first);
+  }
+
+  /** One try of the handler: undefined on success, else the error (or a promise of either). */
+  #attempt(event: unknown, info: MessageInfo): unknown {
+    this.pendingOutputs = [];
+    this.currentInput = info;
+    let result: unknown;
+    try {
+      result = this.apply(event, info);
+    } catch (e) {
+      result = e ?? new Error("handler failed");
+    }
+    if (isPromise(result)) {
+      return result.then(
+        () => this.#settleAttempt(undefined),
+        (e: unknown) => this.#settleAttempt(e ?? new Error("handler failed")),
+      );
+    }
+    return this.#settleAttempt(result);
+  }
+
+  #settleAttempt(error: unknown): unknown {
+    this.currentInput = undefined;
+    if (error === undefined) {
+      for (const f of this.pendingOutputs) this.outputs.push(f);
+      this.pendingOutputs = [];
+      this.kernel.counters.processed++;
+      return undefined;
+    }
+    this.pendingOutputs = [];
+    this.kernel.counters.failed++;
+    return error;
+  }
+
+  /** The handler failed: retry with backoff from the state before the message, then quarantine. */
+  async #retry(ctx: MessageContext, info: MessageInfo, firstError: unknown): Promise<Outcome> {
     const { maxRetries, retryDelayMs } = this.kernel.config;
-    let lastError: unknown;
-    for (let attempt = 0; attempt <= maxRetries; attempt++) {
-      if (attempt > 0) {
-        this.kernel.counters.retries++;
-        await this.kernel.sleep(retryDelayMs * 2 ** (attempt - 1));
-        if (this.closed) return "failed";
-      }
-      this.pendingOutputs = [];
-      this.currentInput = info;
-      let error = this.apply(event, info);
-      if (isPromise(error)) error = await error.then(() => undefined, (e: unknown) => e ?? new Error("failed"));
-      this.currentInput = undefined;
-      if (error === undefined) {
-        for (const f of this.pendingOutputs) this.outputs.push(f);
-        this.pendingOutputs = [];
-        this.kernel.counters.processed++;
-        return "ok";
-      }
+    let lastError = firstError;
+    await this.recover();
+    for (let attempt = 1; attempt <= maxRetries; attempt++) {
+      this.kernel.counters.retries++;
+      await this.kernel.sleep(retryDelayMs * 2 ** (attempt - 1));
+      if (this.closed) return "failed";
+      let error = this.#attempt(ctx.event, info);
+      if (isPromise(error)) error = await error;
+      if (error === undefined) return "ok";
       lastError = error;
-      this.pendingOutputs = [];
-      this.kernel.counters.failed++;
       await this.recover();
     }
+    const env = ctx.envelope!;
     const reason = `handler failed ${maxRetries + 1} times on message ${env.messageId}: ${errorMessage(lastError)}`;
     this.kernel.logger.warn({ agent: this.address, err: lastError }, "quarantining agent");
     // (the batch puts the failed message back first in line: release delivers it again)
@@ -434,6 +463,61 @@ export abstract class Host implements Emitter {
   /** Passivate or shut down: final write if needed, then stop. */
   abstract close(): Promise<void>;
   protected abstract stopActor(): void;
+}
+
+/** The pipeline's view of one delivery, and the MessageInfo its handler's actions see. */
+class MessageContext implements StageContext, MessageInfo {
+  readonly delivery: Delivery;
+  readonly to: string;
+  /** @internal for the built-in stages (saves a lookup per stage per message) */
+  readonly host: Host;
+  envelope: StageContext["envelope"];
+  frame: StageContext["frame"];
+  event: unknown;
+  #locals: Map<string, unknown> | undefined;
+
+  constructor(d: Delivery, host: Host) {
+    this.delivery = d;
+    this.host = host;
+    this.to = host.address;
+    this.frame = d.frame;
+    this.envelope = d.frame?.envelope;
+    this.event = d.frame?.message.payload;
+  }
+
+  get locals(): Map<string, unknown> {
+    this.#locals ??= new Map();
+    return this.#locals;
+  }
+
+  get messageId(): string {
+    return this.envelope!.messageId;
+  }
+  get from(): string {
+    return this.envelope!.from;
+  }
+  get kind(): FrameKind {
+    return this.envelope!.kind;
+  }
+  get sequence(): number {
+    return this.delivery.sequence;
+  }
+  get senderSequence(): number {
+    return this.envelope!.sequence;
+  }
+  get channel(): string | undefined {
+    return this.envelope!.channel;
+  }
+  get correlationId(): string | undefined {
+    return this.envelope!.correlationId;
+  }
+  /** Replies go to `replyTo`, else to an agent sender; a client's plain event expects none. */
+  get replyTarget(): ReplyToken | undefined {
+    const env = this.envelope!;
+    if (env.kind !== "request" && env.kind !== "event") return undefined;
+    const to = env.replyTo ?? (env.from.startsWith("~") ? undefined : env.from);
+    return to === undefined ? undefined : { to, correlationId: env.correlationId ?? env.messageId };
+  }
 }
 
 function errorMessage(e: unknown): string {

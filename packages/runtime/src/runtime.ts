@@ -388,21 +388,22 @@ export class RuntimeCore implements Kernel, Runtime {
     check(r);
   }
 
-  async #append(frame: Frame): Promise<Receipt> {
-    try {
-      const r = await this.backend.append({ frame });
-      return {
+  #append(frame: Frame, fresh = false): Promise<Receipt> {
+    return this.backend.append({ frame, fresh }).then(
+      (r) => ({
         messageId: frame.envelope.messageId,
         sequence: r.sequence,
         timestampNs: frame.envelope.timestampNs,
-      };
-    } catch (e) {
-      if (e instanceof TroupeError) throw e;
-      throw new TroupeError(ErrorCode.TRANSPORT_ERROR, `could not append to the inbox: ${String(e)}`, {
-        cause: e,
-        retryAfterMs: 1000,
-      });
-    }
+      }),
+      (e: unknown) => {
+        throw e instanceof TroupeError
+          ? e
+          : new TroupeError(ErrorCode.TRANSPORT_ERROR, `could not append to the inbox: ${String(e)}`, {
+              cause: e,
+              retryAfterMs: 1000,
+            });
+      },
+    );
   }
 
   ref<D extends AgentDefinition>(agent: D, key: string): AgentRef<EventFromLogic<D["machine"]>>;
@@ -410,11 +411,20 @@ export class RuntimeCore implements Kernel, Runtime {
   ref(agent: string | AgentDefinition, key: string): AgentRef {
     const type = typeof agent === "string" ? agent : agent?.type;
     const address = agentAddress(type, key);
-    const send = async (event: { type: string }, options?: SendOptions): Promise<Receipt> => {
-      this.#checkRunning();
-      const pre = this.#precheck(type, event);
-      if (pre !== undefined) await pre;
-      return this.#append(this.#frameFor(address, "event", event, options));
+    // not async: one promise per send on the hot path
+    const send = (event: { type: string }, options?: SendOptions): Promise<Receipt> => {
+      try {
+        this.#checkRunning();
+        const pre = this.#precheck(type, event);
+        if (pre !== undefined) {
+          return pre.then(() =>
+            this.#append(this.#frameFor(address, "event", event, options), options?.messageId === undefined),
+          );
+        }
+        return this.#append(this.#frameFor(address, "event", event, options), options?.messageId === undefined);
+      } catch (e) {
+        return Promise.reject(e);
+      }
     };
     const request = async <T>(event: { type: string }, options?: RequestOptions): Promise<T> => {
       this.#checkRunning();
@@ -444,7 +454,7 @@ export class RuntimeCore implements Kernel, Runtime {
         });
       });
       try {
-        await this.#append(frame);
+        await this.#append(frame, options?.messageId === undefined);
       } catch (e) {
         this.#pending.get(correlationId)?.cancel();
         this.#pending.delete(correlationId);
@@ -634,10 +644,13 @@ export class RuntimeCore implements Kernel, Runtime {
   appendBytes(bytes: Uint8Array, envelope: Frame["envelope"]): Promise<Receipt> {
     return this.backend.append({ bytes, envelope }).then(
       (r) => ({ messageId: envelope.messageId, sequence: r.sequence, timestampNs: envelope.timestampNs }),
-      (e) => {
+      (e: unknown) => {
         throw e instanceof TroupeError
           ? e
-          : new TroupeError(ErrorCode.TRANSPORT_ERROR, `could not append to the inbox: ${String(e)}`, { cause: e });
+          : new TroupeError(ErrorCode.TRANSPORT_ERROR, `could not append to the inbox: ${String(e)}`, {
+              cause: e,
+              retryAfterMs: 1000,
+            });
       },
     );
   }

@@ -60,7 +60,7 @@ function dedupStage({ hostOf }: StageDeps): Stage {
     name: "dedup",
     order: StageOrder.DEDUP,
     run(ctx) {
-      const host = hostOf(ctx.to);
+      const host = hostFor(ctx, hostOf);
       // effects of this inbox position are in the stored snapshot already
       if (host !== undefined && ctx.delivery.sequence <= host.lastSequence) {
         return { skip: "duplicate" };
@@ -110,7 +110,7 @@ function validateStage({ hostOf }: StageDeps): Stage {
     name: "validate",
     order: StageOrder.VALIDATE,
     run(ctx) {
-      const host = hostOf(ctx.to);
+      const host = hostFor(ctx, hostOf);
       if (!(host instanceof AgentHost) || ctx.frame === undefined) return undefined;
       if (ctx.frame.message.kind === "error") return undefined;
       const event = ctx.event as { type?: unknown } | null;
@@ -170,7 +170,7 @@ function authorizeStage({ hostOf }: StageDeps): Stage {
     name: "authorize",
     order: StageOrder.AUTHORIZE,
     run(ctx) {
-      const host = hostOf(ctx.to);
+      const host = hostFor(ctx, hostOf);
       const authorize = host instanceof AgentHost ? host.definition.authorize : undefined;
       if (authorize === undefined) return undefined;
       const env = ctx.envelope!;
@@ -188,7 +188,7 @@ function rateLimitStage({ hostOf, clock }: StageDeps): Stage {
     name: "rate-limit",
     order: StageOrder.RATE_LIMIT,
     run(ctx) {
-      const host = hostOf(ctx.to);
+      const host = hostFor(ctx, hostOf);
       const limit = host instanceof AgentHost ? host.definition.rateLimit : undefined;
       if (limit === undefined || host === undefined) return undefined;
       const burst = limit.burst ?? limit.perSecond;
@@ -211,4 +211,9 @@ function rateLimitStage({ hostOf, clock }: StageDeps): Stage {
       return undefined;
     },
   };
+}
+
+/** The host a message is for: carried on the context by the runtime, else looked up. */
+function hostFor(ctx: StageContext, hostOf: (address: string) => Host | undefined): Host | undefined {
+  return (ctx as { host?: Host }).host ?? hostOf(ctx.to);
 }

@@ -1,0 +1,61 @@
+/**
+ * `npm run bench`: prints figures next to raw baselines measured in the same run, medians of
+ * several runs, and writes bench/results/latest.json. `--quick` for a short run.
+ */
+import { writeFileSync, mkdirSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { runCryptoBench } from "./crypto.js";
+import { rawXState, troupeEmbedded } from "./embedded.js";
+
+const quick = process.argv.includes("--quick");
+const runs = quick ? 3 : 5;
+const messages = quick ? 50_000 : 200_000;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+
+async function main(): Promise<void> {
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, node ${process.version}`;
+  console.log(`Troupe benchmarks (${quick ? "quick" : "full"}; medians of ${runs} runs)`);
+  console.log(`machine: ${machine}\n`);
+
+  const raw: number[] = [];
+  const troupe1: number[] = [];
+  const troupe100: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    raw.push(rawXState(messages));
+    troupe1.push(await troupeEmbedded(messages, 1));
+    troupe100.push(await troupeEmbedded(messages, 100));
+  }
+  const rawM = median(raw);
+  const rows = [
+    { scenario: "raw XState actor.send loop", perSec: rawM, ratio: 1 },
+    { scenario: "Troupe embedded, 1 agent", perSec: median(troupe1), ratio: median(troupe1) / rawM },
+    { scenario: "Troupe embedded, 100 agents", perSec: median(troupe100), ratio: median(troupe100) / rawM },
+  ];
+  console.log("Embedded: messages/s through the whole pipeline (send → pipeline → handler → snapshot → ack)");
+  console.table(rows.map((r) => ({ scenario: r.scenario, "msgs/s": fmt(r.perSec), "vs raw": r.ratio.toFixed(2) })));
+
+  const crypto = await runCryptoBench();
+  console.log("Wire: frames at 256 B payloads");
+  console.table(crypto.map((c) => ({ case: c.name, "ops/s": fmt(c.opsPerSec), note: c.note ?? "" })));
+
+  const out = join(dirname(fileURLToPath(import.meta.url)), "..", "results");
+  mkdirSync(out, { recursive: true });
+  writeFileSync(
+    join(out, "latest.json"),
+    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, wire: crypto }, null, 2)}\n`,
+  );
+  console.log(`\nwritten: bench/results/latest.json`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
