@@ -37,7 +37,15 @@ export interface EmbeddedBackend extends Backend {
 
 // Records are stored encoded: proves they are serialisable (as they must be for NATS KV)
 // and keeps callers from sharing mutable objects with the store.
-const recordCodec = new Packr({ useRecords: false, moreTypes: true, structuredClone: false });
+const recordCodec = new Packr({
+  useRecords: false,
+  moreTypes: true,
+  structuredClone: false,
+  // msgpackr would quietly write a function as nothing: state with one cannot be restored
+  writeFunction: () => {
+    throw new TypeError("a function cannot be stored in a snapshot");
+  },
+});
 
 /** One inbox message; it is its own Delivery (no per-delivery allocation on the hot path). */
 class Entry implements Delivery {

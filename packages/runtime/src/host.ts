@@ -227,7 +227,15 @@ export abstract class Host implements Emitter {
       }
     }
     this.lastSequence = Math.max(last, this.lastSequence);
-    await this.kernel.publish(outputs);
+    try {
+      await this.kernel.publish(outputs);
+    } catch (e) {
+      // Stored but not (all) published: the outbox in the snapshot has them. Deliver the batch
+      // again; the next activation republishes the outbox (dedup drops what did go out) and
+      // skips the inputs the snapshot covers.
+      for (const d of done) d.nak(this.kernel.config.retryDelayMs);
+      throw e;
+    }
     for (const d of done) d.ack();
     this.kernel.counters.acked += done.length;
   }
