@@ -2,7 +2,7 @@
  * `npm run bench`: prints figures next to raw baselines measured in the same run, medians of
  * several runs, and writes bench/results/latest.json. `--quick` for a short run.
  */
-import { writeFileSync, mkdirSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -36,15 +36,33 @@ async function main(): Promise<void> {
   const rawM = median(raw);
   const rows = [
     { scenario: "raw XState actor.send loop", perSec: rawM, ratio: 1 },
-    { scenario: "Troupe embedded, 1 agent", perSec: median(troupe1), ratio: median(troupe1) / rawM },
-    { scenario: "Troupe embedded, 100 agents", perSec: median(troupe100), ratio: median(troupe100) / rawM },
+    {
+      scenario: "Troupe embedded, 1 agent",
+      perSec: median(troupe1),
+      ratio: median(troupe1) / rawM,
+    },
+    {
+      scenario: "Troupe embedded, 100 agents",
+      perSec: median(troupe100),
+      ratio: median(troupe100) / rawM,
+    },
   ];
-  console.log("Embedded: messages/s through the whole pipeline (send → pipeline → handler → snapshot → ack)");
-  console.table(rows.map((r) => ({ scenario: r.scenario, "msgs/s": fmt(r.perSec), "vs raw": r.ratio.toFixed(2) })));
+  console.log(
+    "Embedded: messages/s through the whole pipeline (send → pipeline → handler → snapshot → ack)",
+  );
+  console.table(
+    rows.map((r) => ({
+      scenario: r.scenario,
+      "msgs/s": fmt(r.perSec),
+      "vs raw": r.ratio.toFixed(2),
+    })),
+  );
 
   const crypto = await runCryptoBench();
   console.log("Wire: frames at 256 B payloads");
-  console.table(crypto.map((c) => ({ case: c.name, "ops/s": fmt(c.opsPerSec), note: c.note ?? "" })));
+  console.table(
+    crypto.map((c) => ({ case: c.name, "ops/s": fmt(c.opsPerSec), note: c.note ?? "" })),
+  );
 
   const out = join(dirname(fileURLToPath(import.meta.url)), "..", "results");
   mkdirSync(out, { recursive: true });

@@ -3,11 +3,18 @@
  * They run inside the agent's transition; the host collects what they emit and publishes
  * it only after the transition's snapshot is stored (the transactional outbox).
  */
-import { ErrorCode, type FrameKind, TroupeError, agentAddress } from "@troupe/wire";
+import { agentAddress, ErrorCode, type FrameKind, TroupeError } from "@troupe/wire";
 import type { ActorSystem, EventObject } from "xstate";
 
 // biome-ignore lint/suspicious/noExplicitAny: any actor system, as XState types it
 type AnyActorSystem = ActorSystem<any>;
+
+// The action creators default context and event to `any`, as XState's own creators do when
+// used outside a typed `setup()`: callers get untyped access rather than `unknown` walls.
+// biome-ignore lint/suspicious/noExplicitAny: see above
+type AnyContext = any;
+// biome-ignore lint/suspicious/noExplicitAny: see above
+type AnyEvent = any;
 
 /** Where a deferred reply goes: capture it with `currentRequest()` and keep it in context. */
 export interface ReplyToken {
@@ -115,7 +122,7 @@ function resolve<TContext, TEvent, T>(
 }
 
 /** Send `event` to agent `type/key` (delivered once, after this transition is stored). */
-export function sendToAgent<TContext = any, TEvent extends EventObject = any>(
+export function sendToAgent<TContext = AnyContext, TEvent extends EventObject = AnyEvent>(
   type: Expr<TContext, TEvent, string>,
   key: Expr<TContext, TEvent, string>,
   event: Expr<TContext, TEvent, EventObject>,
@@ -137,7 +144,7 @@ export function sendToAgent<TContext = any, TEvent extends EventObject = any>(
  * Answer the message being handled: a request from a client gets its response; a message
  * from another agent gets `event` delivered back to that agent.
  */
-export function reply<TContext = any, TEvent extends EventObject = any>(
+export function reply<TContext = AnyContext, TEvent extends EventObject = AnyEvent>(
   event: Expr<TContext, TEvent, EventObject>,
 ): (args: ActionArgsLike<TContext, TEvent>) => void {
   return (args) => {
@@ -159,7 +166,7 @@ export function reply<TContext = any, TEvent extends EventObject = any>(
 }
 
 /** Answer a request captured earlier with `currentRequest()` (a deferred reply). */
-export function replyTo<TContext = any, TEvent extends EventObject = any>(
+export function replyTo<TContext = AnyContext, TEvent extends EventObject = AnyEvent>(
   token: Expr<TContext, TEvent, ReplyToken | undefined>,
   event: Expr<TContext, TEvent, EventObject>,
 ): (args: ActionArgsLike<TContext, TEvent>) => void {

@@ -100,7 +100,8 @@ export function findInlineChildren(snapshot: unknown, path = ""): string[] {
     const ref = child as { src?: unknown; getSnapshot?: () => unknown } | undefined;
     const here = path === "" ? id : `${path}.${id}`;
     if (typeof ref?.src !== "string") out.push(here);
-    if (typeof ref?.getSnapshot === "function") out.push(...findInlineChildren(ref.getSnapshot(), here));
+    if (typeof ref?.getSnapshot === "function")
+      out.push(...findInlineChildren(ref.getSnapshot(), here));
   }
   return out;
 }

@@ -1,5 +1,5 @@
 /** Established channels: a key shared by two endpoints, with per-direction sequence numbers. */
-import { ErrorCode, type SequenceWindow, TroupeError, createSequenceWindow } from "@troupe/wire";
+import { createSequenceWindow, ErrorCode, type SequenceWindow, TroupeError } from "@troupe/wire";
 
 /** How many accepted (channel sequence → inbox sequence) pairs are remembered. */
 const CLAIMS_KEPT = 4096;
@@ -55,7 +55,11 @@ export class Channel {
       const r = w.accept(sequence);
       if (r.gap !== undefined) this.gaps += r.gap.to - r.gap.from + 1;
     } catch (e) {
-      if (e instanceof TroupeError && e.code === ErrorCode.REPLAY_DETECTED && this.#claims.get(claim) === inboxSequence) {
+      if (
+        e instanceof TroupeError &&
+        e.code === ErrorCode.REPLAY_DETECTED &&
+        this.#claims.get(claim) === inboxSequence
+      ) {
         return;
       }
       throw e;

@@ -5,13 +5,13 @@
  */
 import { randomBytes } from "node:crypto";
 import {
+  deriveChannelKey,
   ErrorCode,
   type Frame,
-  TroupeError,
-  deriveChannelKey,
   generateKeyPair,
   newMessageId,
   sealFrame,
+  TroupeError,
   toHex,
 } from "@troupe/wire";
 import type { MessageInfo } from "./actions.js";
@@ -142,11 +142,16 @@ class BoundHandleImpl implements BoundHandle {
     this.assertUsable();
     const peer = this.runtime.handleOf(peerId);
     if (peer === undefined || peer.state === LifecycleState.UNBOUND) {
-      throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "no bound endpoint has that agent id here", {
-        details: { peerId: peerId instanceof Uint8Array ? toHex(peerId) : String(peerId) },
-      });
+      throw new TroupeError(
+        ErrorCode.INVALID_ARGUMENT,
+        "no bound endpoint has that agent id here",
+        {
+          details: { peerId: peerId instanceof Uint8Array ? toHex(peerId) : String(peerId) },
+        },
+      );
     }
-    if (peer === this) throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "a channel needs two endpoints");
+    if (peer === this)
+      throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "a channel needs two endpoints");
     let channelKey: Uint8Array;
     if (key !== undefined) {
       if (!(key instanceof Uint8Array) || key.length !== 32) {
@@ -168,7 +173,9 @@ class BoundHandleImpl implements BoundHandle {
   }
 
   channels(): Channel[] {
-    return [...this.runtime.core.channels.values()].filter((c) => c.a === this.address || c.b === this.address);
+    return [...this.runtime.core.channels.values()].filter(
+      (c) => c.a === this.address || c.b === this.address,
+    );
   }
 }
 
@@ -203,7 +210,10 @@ const registries = new WeakMap<RuntimeCore, ChannelRuntime>();
 
 function core(runtime: Runtime): RuntimeCore {
   if (!(runtime instanceof RuntimeCore)) {
-    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "bind() needs a runtime made by createRuntime()");
+    throw new TroupeError(
+      ErrorCode.INVALID_ARGUMENT,
+      "bind() needs a runtime made by createRuntime()",
+    );
   }
   return runtime;
 }
@@ -234,7 +244,11 @@ export function bind(runtime: Runtime, callable: Callable): BoundHandle {
 }
 
 /** Seals `bytes` with the channel's key and appends it to the peer's inbox. */
-export async function send(handle: BoundHandle, channelId: string, bytes: Uint8Array): Promise<Receipt> {
+export async function send(
+  handle: BoundHandle,
+  channelId: string,
+  bytes: Uint8Array,
+): Promise<Receipt> {
   const h = impl(handle);
   h.assertUsable();
   if (h.state === LifecycleState.QUARANTINED) {
@@ -245,7 +259,10 @@ export async function send(handle: BoundHandle, channelId: string, bytes: Uint8A
   }
   const channel = h.runtime.core.channels.get(channelId);
   if (channel === undefined || (channel.a !== h.address && channel.b !== h.address)) {
-    throw new TroupeError(ErrorCode.CHANNEL_NOT_FOUND, `no channel ${String(channelId)} on ${h.address}`);
+    throw new TroupeError(
+      ErrorCode.CHANNEL_NOT_FOUND,
+      `no channel ${String(channelId)} on ${h.address}`,
+    );
   }
   const core = h.runtime.core;
   const frame: Frame = {

@@ -197,10 +197,14 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
       try {
         bytes = recordCodec.pack(record);
       } catch (cause) {
-        throw new TroupeError(ErrorCode.STORAGE_ERROR, `snapshot of ${address} is not serialisable`, {
-          cause,
-          details: { address },
-        });
+        throw new TroupeError(
+          ErrorCode.STORAGE_ERROR,
+          `snapshot of ${address} is not serialisable`,
+          {
+            cause,
+            details: { address },
+          },
+        );
       }
       const revision = current + 1;
       snapshotData.set(address, { bytes, revision });

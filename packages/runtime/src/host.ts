@@ -5,29 +5,29 @@
  * outputs published and its deliveries acknowledged.
  */
 import {
+  deriveMessageId,
   ErrorCode,
   type ErrorInfo,
   type Frame,
   type FrameKind,
-  TroupeError,
-  deriveMessageId,
   newMessageId,
+  TroupeError,
   toErrorInfo,
 } from "@troupe/wire";
 import { type AnyActor, type AnyStateMachine, createActor } from "xstate";
 import {
   type Emitter,
-  type MessageInfo,
-  type ReplyToken,
   enterScope,
   exitScope,
+  type MessageInfo,
+  type ReplyToken,
   registerSystem,
 } from "./actions.js";
 import type { AgentDefinition } from "./agent.js";
 import { findInlineChildren } from "./agent.js";
 import type { Delivery, SnapshotRecord } from "./backend.js";
 import type { Kernel } from "./kernel.js";
-import { type StageContext, type StageResult, isPromise } from "./pipeline.js";
+import { isPromise, type StageContext, type StageResult } from "./pipeline.js";
 
 export const LifecycleState = {
   BOUND: "BOUND",
@@ -298,14 +298,26 @@ export abstract class Host implements Emitter {
 
   /** Tells the sender of a message that it failed. Never answers an error with an error. */
   protected errorToSender(
-    env: { kind: FrameKind; from: string; messageId: string; replyTo?: string; correlationId?: string },
+    env: {
+      kind: FrameKind;
+      from: string;
+      messageId: string;
+      replyTo?: string;
+      correlationId?: string;
+    },
     err: TroupeError,
   ): void {
     if (env.kind === "error" || env.kind === "reply") return;
     const to = env.replyTo ?? env.from;
     if (to === this.address) return;
     this.outputs.push(
-      this.makeFrame(to, "error", toErrorInfo(err), env.correlationId ?? env.messageId, env.messageId),
+      this.makeFrame(
+        to,
+        "error",
+        toErrorInfo(err),
+        env.correlationId ?? env.messageId,
+        env.messageId,
+      ),
     );
   }
 
@@ -426,7 +438,9 @@ export abstract class Host implements Emitter {
   ): Frame {
     this.sent++;
     const messageId =
-      inputId === undefined ? newMessageId() : deriveMessageId(inputId, this.pendingOrOutputCount());
+      inputId === undefined
+        ? newMessageId()
+        : deriveMessageId(inputId, this.pendingOrOutputCount());
     const frame: Frame = {
       envelope: {
         version: 1,
@@ -544,7 +558,13 @@ export class AgentHost extends Host {
   #stored: unknown;
   #outboxStored = false;
 
-  constructor(address: string, type: string, key: string, definition: AgentDefinition, kernel: Kernel) {
+  constructor(
+    address: string,
+    type: string,
+    key: string,
+    definition: AgentDefinition,
+    kernel: Kernel,
+  ) {
     super(address, kernel);
     this.type = type;
     this.key = key;
@@ -610,9 +630,13 @@ export class AgentHost extends Host {
     }
     const startError = this.#actorError;
     if (startError !== undefined) {
-      throw new TroupeError(ErrorCode.HANDLER_ERROR, `agent ${this.address} failed to start: ${errorMessage(startError)}`, {
-        cause: startError,
-      });
+      throw new TroupeError(
+        ErrorCode.HANDLER_ERROR,
+        `agent ${this.address} failed to start: ${errorMessage(startError)}`,
+        {
+          cause: startError,
+        },
+      );
     }
   }
 
@@ -628,7 +652,9 @@ export class AgentHost extends Host {
     } finally {
       exitScope();
     }
-    const err = this.#actorError ?? (actor.getSnapshot().status === "error" ? actor.getSnapshot().error : undefined);
+    const err =
+      this.#actorError ??
+      (actor.getSnapshot().status === "error" ? actor.getSnapshot().error : undefined);
     if (err !== undefined) return err;
     return undefined;
   }
@@ -709,7 +735,11 @@ export class AgentHost extends Host {
 /** The event the XState actor sees for an inbound frame. */
 function toActorEvent(event: unknown, info: MessageInfo): { type: string } {
   if (info.kind === "error") {
-    const e: TroupeErrorEvent = { type: "troupe.error", error: event as ErrorInfo, from: info.from };
+    const e: TroupeErrorEvent = {
+      type: "troupe.error",
+      error: event as ErrorInfo,
+      from: info.from,
+    };
     if (info.correlationId !== undefined) e.correlationId = info.correlationId;
     return e;
   }

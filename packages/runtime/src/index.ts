@@ -1,23 +1,21 @@
 /** @troupe/runtime — define XState agents, host them, talk to them. */
-export { defineAgent } from "./agent.js";
+
+export {
+  ErrorCode,
+  isChannelNotFound,
+  isCryptoError,
+  isInvalidState,
+  isQuarantined,
+  isTimeout,
+  isTroupeError,
+  isUnknownAgent,
+  isValidationError,
+  TroupeError,
+} from "@troupe/wire";
+export type { MessageInfo, ReplyToken } from "./actions.js";
+export { currentMessage, currentRequest, reply, replyTo, sendToAgent } from "./actions.js";
 export type { AgentConfig, AgentDefinition, AuthorizeArgs, RateLimit } from "./agent.js";
-export { sendToAgent, reply, replyTo, currentRequest, currentMessage } from "./actions.js";
-export type { ReplyToken, MessageInfo } from "./actions.js";
-export { createRuntime } from "./runtime.js";
-export type {
-  AgentRef,
-  AnyAgentEvent,
-  AgentStatus,
-  Receipt,
-  RequestOptions,
-  Runtime,
-  RuntimeConfig,
-  SendOptions,
-} from "./runtime.js";
-export { LifecycleState } from "./host.js";
-export type { TroupeErrorEvent } from "./host.js";
-export { createEmbeddedBackend } from "./embedded.js";
-export type { EmbeddedBackend, EmbeddedBackendOptions } from "./embedded.js";
+export { defineAgent } from "./agent.js";
 export type {
   AppendResult,
   Backend,
@@ -32,24 +30,27 @@ export type {
   SnapshotStore,
   StoredSnapshot,
 } from "./backend.js";
-export { StageOrder } from "./pipeline.js";
-export type { Stage, StageContext, StageInfo, StageResult } from "./pipeline.js";
+export type { BoundHandle, Callable, ChannelInfo, ChannelMessage } from "./channels.js";
+export { bind, channels, send, status, unbind } from "./channels.js";
+export type { Clock, ManualClock, Timer } from "./clock.js";
+export { createManualClock, systemClock } from "./clock.js";
+export type { EmbeddedBackend, EmbeddedBackendOptions } from "./embedded.js";
+export { createEmbeddedBackend } from "./embedded.js";
+export type { TroupeErrorEvent } from "./host.js";
+export { LifecycleState } from "./host.js";
 export type { RuntimeStats } from "./kernel.js";
 export type { Logger } from "./logger.js";
 export { silentLogger } from "./logger.js";
-export type { Clock, ManualClock, Timer } from "./clock.js";
-export { createManualClock, systemClock } from "./clock.js";
-export {
-  ErrorCode,
-  TroupeError,
-  isTroupeError,
-  isTimeout,
-  isValidationError,
-  isUnknownAgent,
-  isQuarantined,
-  isInvalidState,
-  isChannelNotFound,
-  isCryptoError,
-} from "@troupe/wire";
-export { bind, send, channels, status, unbind } from "./channels.js";
-export type { BoundHandle, Callable, ChannelInfo, ChannelMessage } from "./channels.js";
+export type { Stage, StageContext, StageInfo, StageResult } from "./pipeline.js";
+export { StageOrder } from "./pipeline.js";
+export type {
+  AgentRef,
+  AgentStatus,
+  AnyAgentEvent,
+  Receipt,
+  RequestOptions,
+  Runtime,
+  RuntimeConfig,
+  SendOptions,
+} from "./runtime.js";
+export { createRuntime } from "./runtime.js";

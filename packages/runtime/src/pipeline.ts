@@ -53,7 +53,10 @@ export class Pipeline {
 
   add(stage: Stage): void {
     if (typeof stage?.run !== "function" || typeof stage.name !== "string") {
-      throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "a stage needs a name and a run(ctx) function");
+      throw new TroupeError(
+        ErrorCode.INVALID_ARGUMENT,
+        "a stage needs a name and a run(ctx) function",
+      );
     }
     if (!Number.isFinite(stage.order) || stage.order >= StageOrder.HANDLER || stage.order < 0) {
       throw new TroupeError(
@@ -62,7 +65,10 @@ export class Pipeline {
       );
     }
     if (this.#stages.some((s) => s.name === stage.name)) {
-      throw new TroupeError(ErrorCode.INVALID_ARGUMENT, `a stage named "${stage.name}" exists already`);
+      throw new TroupeError(
+        ErrorCode.INVALID_ARGUMENT,
+        `a stage named "${stage.name}" exists already`,
+      );
     }
     // stable: equal orders keep insertion order
     const i = this.#stages.findIndex((s) => s.order > stage.order);

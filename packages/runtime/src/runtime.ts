@@ -2,21 +2,22 @@
  * createRuntime: hosts agents on a backend (embedded by default) and gives refs to talk to
  * them. The same API runs against the JetStream backend in a cluster.
  */
+
+import type { StandardSchemaV1 } from "@standard-schema/spec";
 import {
+  agentAddress,
   DEFAULT_LIMITS,
   type DecodeLimits,
   ErrorCode,
   type ErrorInfo,
   type Frame,
   type FrameKind,
-  TroupeError,
-  agentAddress,
   fromErrorInfo,
   newMessageId,
   parseAgentAddress,
   peekEnvelope,
+  TroupeError,
 } from "@troupe/wire";
-import type { StandardSchemaV1 } from "@standard-schema/spec";
 import type { EventFromLogic } from "xstate";
 import type { AgentDefinition } from "./agent.js";
 import type { Backend, Delivery, ParkedFrame, QuarantineEntry } from "./backend.js";
@@ -24,9 +25,9 @@ import { Channel, type Channels } from "./channels-table.js";
 import { type Clock, systemClock } from "./clock.js";
 import { createEmbeddedBackend } from "./embedded.js";
 import { AgentHost, type Host, type HostStatus, LifecycleState } from "./host.js";
-import { type Kernel, type ResolvedConfig, type RuntimeStats, newStats } from "./kernel.js";
+import { type Kernel, newStats, type ResolvedConfig, type RuntimeStats } from "./kernel.js";
 import { type Logger, silentLogger } from "./logger.js";
-import { Pipeline, type Stage, type StageInfo, isPromise } from "./pipeline.js";
+import { isPromise, Pipeline, type Stage, type StageInfo } from "./pipeline.js";
 import { builtInStages } from "./stages.js";
 
 export interface RuntimeConfig {
@@ -123,7 +124,10 @@ function resolveConfig(c: RuntimeConfig): ResolvedConfig {
   const num = (name: string, v: number | undefined, dflt: number, min = 0): number => {
     if (v === undefined) return dflt;
     if (typeof v !== "number" || !Number.isFinite(v) || v < min) {
-      throw new TroupeError(ErrorCode.CONFIG_ERROR, `${name} must be a number >= ${min}, got ${String(v)}`);
+      throw new TroupeError(
+        ErrorCode.CONFIG_ERROR,
+        `${name} must be a number >= ${min}, got ${String(v)}`,
+      );
     }
     return v;
   };
@@ -243,7 +247,10 @@ export class RuntimeCore implements Kernel, Runtime {
 
   #createHost(address: string): Host | TroupeError {
     if (address.startsWith("#")) {
-      return new TroupeError(ErrorCode.INVALID_STATE, `${address} is not bound (unbound, or never was)`);
+      return new TroupeError(
+        ErrorCode.INVALID_STATE,
+        `${address} is not bound (unbound, or never was)`,
+      );
     }
     let parsed: { type: string; key: string };
     try {
@@ -253,9 +260,13 @@ export class RuntimeCore implements Kernel, Runtime {
     }
     const def = this.definitions.get(parsed.type);
     if (def === undefined) {
-      return new TroupeError(ErrorCode.UNKNOWN_AGENT, `no agent type "${parsed.type}" is defined here`, {
-        details: { address },
-      });
+      return new TroupeError(
+        ErrorCode.UNKNOWN_AGENT,
+        `no agent type "${parsed.type}" is defined here`,
+        {
+          details: { address },
+        },
+      );
     }
     return new AgentHost(address, parsed.type, parsed.key, def, this);
   }
@@ -286,7 +297,10 @@ export class RuntimeCore implements Kernel, Runtime {
     if (d.frame !== undefined) entry.frame = d.frame;
     else if (d.bytes !== undefined) entry.bytes = d.bytes;
     await this.backend.parked.park(entry);
-    this.logger.warn({ to: d.to, code: err.code, sequence: d.sequence }, `message parked: ${err.message}`);
+    this.logger.warn(
+      { to: d.to, code: err.code, sequence: d.sequence },
+      `message parked: ${err.message}`,
+    );
     if (env !== undefined && env.kind !== "error" && env.kind !== "reply") {
       const to = env.replyTo ?? env.from;
       await this.publish([this.#errorFrame(to, err, env.correlationId ?? env.messageId)]);
@@ -318,7 +332,10 @@ export class RuntimeCore implements Kernel, Runtime {
     if (p === undefined) {
       if (f.envelope.kind === "error") {
         const info = f.message.payload as ErrorInfo;
-        this.logger.warn({ from: f.envelope.from, code: info?.code }, `a message sent from here failed: ${info?.message}`);
+        this.logger.warn(
+          { from: f.envelope.from, code: info?.code },
+          `a message sent from here failed: ${info?.message}`,
+        );
       } else {
         this.counters.lateReplies++;
       }
@@ -341,7 +358,10 @@ export class RuntimeCore implements Kernel, Runtime {
   #frameFor(address: string, kind: FrameKind, event: unknown, options?: SendOptions): Frame {
     const messageId = options?.messageId ?? newMessageId();
     if (typeof messageId !== "string" || messageId.length === 0 || messageId.length > 128) {
-      throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "messageId must be a string of 1-128 characters");
+      throw new TroupeError(
+        ErrorCode.INVALID_ARGUMENT,
+        "messageId must be a string of 1-128 characters",
+      );
     }
     return {
       envelope: {
@@ -370,7 +390,10 @@ export class RuntimeCore implements Kernel, Runtime {
     const schema = (def.events as Record<string, StandardSchemaV1> | undefined)?.[ev.type];
     if (schema === undefined) {
       if (def.strictEvents) {
-        throw new TroupeError(ErrorCode.VALIDATION_ERROR, `${type} does not accept events of type "${ev.type}"`);
+        throw new TroupeError(
+          ErrorCode.VALIDATION_ERROR,
+          `${type} does not accept events of type "${ev.type}"`,
+        );
       }
       return;
     }
@@ -398,10 +421,14 @@ export class RuntimeCore implements Kernel, Runtime {
       (e: unknown) => {
         throw e instanceof TroupeError
           ? e
-          : new TroupeError(ErrorCode.TRANSPORT_ERROR, `could not append to the inbox: ${String(e)}`, {
-              cause: e,
-              retryAfterMs: 1000,
-            });
+          : new TroupeError(
+              ErrorCode.TRANSPORT_ERROR,
+              `could not append to the inbox: ${String(e)}`,
+              {
+                cause: e,
+                retryAfterMs: 1000,
+              },
+            );
       },
     );
   }
@@ -418,10 +445,16 @@ export class RuntimeCore implements Kernel, Runtime {
         const pre = this.#precheck(type, event);
         if (pre !== undefined) {
           return pre.then(() =>
-            this.#append(this.#frameFor(address, "event", event, options), options?.messageId === undefined),
+            this.#append(
+              this.#frameFor(address, "event", event, options),
+              options?.messageId === undefined,
+            ),
           );
         }
-        return this.#append(this.#frameFor(address, "event", event, options), options?.messageId === undefined);
+        return this.#append(
+          this.#frameFor(address, "event", event, options),
+          options?.messageId === undefined,
+        );
       } catch (e) {
         return Promise.reject(e);
       }
@@ -559,7 +592,9 @@ export class RuntimeCore implements Kernel, Runtime {
     for (const host of this.hosts.values()) {
       if (host.busy || host.state !== LifecycleState.ACTIVE) continue;
       const idle =
-        host instanceof AgentHost ? (host.definition.idleTimeoutMs ?? this.config.idleTimeoutMs) : 0;
+        host instanceof AgentHost
+          ? (host.definition.idleTimeoutMs ?? this.config.idleTimeoutMs)
+          : 0;
       if (idle > 0 && now - host.lastActivity >= idle) this.#passivate(host);
     }
   }
@@ -581,7 +616,9 @@ export class RuntimeCore implements Kernel, Runtime {
     let quietRounds = 0;
     while (quietRounds < 2) {
       await new Promise<void>((r) => setImmediate(r));
-      const busy = [...this.hosts.values()].filter((h) => h.busy && h.state === LifecycleState.ACTIVE);
+      const busy = [...this.hosts.values()].filter(
+        (h) => h.busy && h.state === LifecycleState.ACTIVE,
+      );
       const work = [...this.#orphanWork, ...this.#passivating.values()];
       if (busy.length === 0 && work.length === 0) quietRounds++;
       else {
@@ -601,9 +638,20 @@ export class RuntimeCore implements Kernel, Runtime {
     });
     const outcome = await Promise.race([this.settled().then(() => "settled" as const), deadline]);
     if (outcome === "timeout") {
-      this.logger.warn({}, "shutdown: in-flight work did not finish in time; unacknowledged messages stay in the inbox");
+      this.logger.warn(
+        {},
+        "shutdown: in-flight work did not finish in time; unacknowledged messages stay in the inbox",
+      );
     }
-    await Promise.all([...this.hosts.values()].map((h) => h.close().catch((err) => this.logger.error({ err, agent: h.address }, "could not persist agent at shutdown"))));
+    await Promise.all(
+      [...this.hosts.values()].map((h) =>
+        h
+          .close()
+          .catch((err) =>
+            this.logger.error({ err, agent: h.address }, "could not persist agent at shutdown"),
+          ),
+      ),
+    );
     await Promise.all(this.#passivating.values());
     this.hosts.clear();
     for (const [id, p] of this.#pending) {
@@ -643,14 +691,22 @@ export class RuntimeCore implements Kernel, Runtime {
   /** @internal */
   appendBytes(bytes: Uint8Array, envelope: Frame["envelope"]): Promise<Receipt> {
     return this.backend.append({ bytes, envelope }).then(
-      (r) => ({ messageId: envelope.messageId, sequence: r.sequence, timestampNs: envelope.timestampNs }),
+      (r) => ({
+        messageId: envelope.messageId,
+        sequence: r.sequence,
+        timestampNs: envelope.timestampNs,
+      }),
       (e: unknown) => {
         throw e instanceof TroupeError
           ? e
-          : new TroupeError(ErrorCode.TRANSPORT_ERROR, `could not append to the inbox: ${String(e)}`, {
-              cause: e,
-              retryAfterMs: 1000,
-            });
+          : new TroupeError(
+              ErrorCode.TRANSPORT_ERROR,
+              `could not append to the inbox: ${String(e)}`,
+              {
+                cause: e,
+                retryAfterMs: 1000,
+              },
+            );
       },
     );
   }

@@ -1,19 +1,20 @@
 /** The built-in checkpoint stages: decode, dedup, open, validate, authorize, rate-limit. */
+
+import type { StandardSchemaV1 } from "@standard-schema/spec";
 import {
   type DecodeLimits,
-  ErrorCode,
-  TroupeError,
   decodeFrame,
+  ErrorCode,
   openFrame,
   peekEnvelope,
+  TroupeError,
 } from "@troupe/wire";
-import type { StandardSchemaV1 } from "@standard-schema/spec";
 import type { AgentDefinition } from "./agent.js";
 import type { Channels } from "./channels-table.js";
 import type { Clock } from "./clock.js";
 import type { Host } from "./host.js";
 import { AgentHost } from "./host.js";
-import { type Stage, type StageContext, StageOrder, isPromise } from "./pipeline.js";
+import { isPromise, type Stage, type StageContext, StageOrder } from "./pipeline.js";
 
 export interface StageDeps {
   limits: DecodeLimits;
@@ -23,7 +24,14 @@ export interface StageDeps {
 }
 
 export function builtInStages(deps: StageDeps): Stage[] {
-  return [decodeStage(deps), dedupStage(deps), openStage(deps), validateStage(deps), authorizeStage(deps), rateLimitStage(deps)];
+  return [
+    decodeStage(deps),
+    dedupStage(deps),
+    openStage(deps),
+    validateStage(deps),
+    authorizeStage(deps),
+    rateLimitStage(deps),
+  ];
 }
 
 function decodeStage({ limits }: StageDeps): Stage {
@@ -35,7 +43,10 @@ function decodeStage({ limits }: StageDeps): Stage {
       if (ctx.frame === undefined) {
         const bytes = ctx.delivery.bytes;
         if (bytes === undefined) {
-          throw new TroupeError(ErrorCode.DECODE_ERROR, "delivery carries neither a frame nor bytes");
+          throw new TroupeError(
+            ErrorCode.DECODE_ERROR,
+            "delivery carries neither a frame nor bytes",
+          );
         }
         const peeked = peekEnvelope(bytes, limits);
         envelope = peeked.envelope;
@@ -48,7 +59,10 @@ function decodeStage({ limits }: StageDeps): Stage {
       ctx.envelope = envelope;
       const to = envelope!.to;
       if (to !== ctx.to) {
-        throw new TroupeError(ErrorCode.DECODE_ERROR, `frame addressed to ${to} was delivered to ${ctx.to}`);
+        throw new TroupeError(
+          ErrorCode.DECODE_ERROR,
+          `frame addressed to ${to} was delivered to ${ctx.to}`,
+        );
       }
       return undefined;
     },
@@ -91,7 +105,10 @@ function openStage({ limits, channels }: StageDeps): Stage {
       }
       if (ctx.frame !== undefined) {
         // channels are encrypted end to end: a clear frame naming one is forged or misrouted
-        throw new TroupeError(ErrorCode.CRYPTO_ERROR, `frame on channel ${env.channel} is not sealed`);
+        throw new TroupeError(
+          ErrorCode.CRYPTO_ERROR,
+          `frame on channel ${env.channel} is not sealed`,
+        );
       }
       {
         const frame = openFrame(ctx.delivery.bytes!, channel.key, limits);
@@ -133,7 +150,10 @@ function validateEvent(
   const schema = (def.events as Record<string, StandardSchemaV1> | undefined)?.[type];
   if (schema === undefined) {
     if (def.strictEvents && !type.startsWith("troupe.")) {
-      throw new TroupeError(ErrorCode.VALIDATION_ERROR, `${def.type} does not accept events of type "${type}"`);
+      throw new TroupeError(
+        ErrorCode.VALIDATION_ERROR,
+        `${def.type} does not accept events of type "${type}"`,
+      );
     }
     return undefined;
   }
@@ -214,6 +234,9 @@ function rateLimitStage({ hostOf, clock }: StageDeps): Stage {
 }
 
 /** The host a message is for: carried on the context by the runtime, else looked up. */
-function hostFor(ctx: StageContext, hostOf: (address: string) => Host | undefined): Host | undefined {
+function hostFor(
+  ctx: StageContext,
+  hostOf: (address: string) => Host | undefined,
+): Host | undefined {
   return (ctx as { host?: Host }).host ?? hostOf(ctx.to);
 }

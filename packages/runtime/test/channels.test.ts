@@ -1,14 +1,14 @@
 import { encodeFrame, openFrame, sealFrame } from "@troupe/wire";
 import { describe, expect, it } from "vitest";
 import {
-  type ChannelMessage,
-  ErrorCode,
-  TroupeError,
   bind,
+  type ChannelMessage,
   channels,
   createRuntime,
+  ErrorCode,
   send,
   status,
+  TroupeError,
   unbind,
 } from "../src/index.js";
 
@@ -49,7 +49,9 @@ describe("channel API (bind / establishChannel / send / channels / status / unbi
 
     const id = await a.establishChannel(b.agentId);
     expect(await status(a)).toMatchObject({ state: "ACTIVE", channelCount: 1 });
-    expect(channels(a)).toEqual([{ channelId: id, peerId: b.agentId, establishedAt: expect.any(Number) }]);
+    expect(channels(a)).toEqual([
+      { channelId: id, peerId: b.agentId, establishedAt: expect.any(Number) },
+    ]);
     expect(channels(b)[0]!.peerId).toEqual(a.agentId);
 
     const receipts = [];
@@ -106,16 +108,31 @@ describe("channel API (bind / establishChannel / send / channels / status / unbi
       sequence: 1, // already used by "one"
       timestampNs: 1n,
     };
-    const replay = sealFrame({ envelope, message: { kind: "bytes", payload: bytes("again") } }, key);
+    const replay = sealFrame(
+      { envelope, message: { kind: "bytes", payload: bytes("again") } },
+      key,
+    );
     await runtime.backend.append({ bytes: replay, envelope });
     const tampered = sealFrame(
-      { envelope: { ...envelope, messageId: "t-1", sequence: 9 }, message: { kind: "bytes", payload: bytes("x") } },
+      {
+        envelope: { ...envelope, messageId: "t-1", sequence: 9 },
+        message: { kind: "bytes", payload: bytes("x") },
+      },
       key,
     );
     tampered[tampered.length - 1]! ^= 1;
-    await runtime.backend.append({ bytes: tampered, envelope: { ...envelope, messageId: "t-1", sequence: 9 } });
-    const plain = encodeFrame({ envelope: { ...envelope, messageId: "p-1", sequence: 10 }, message: { kind: "bytes", payload: bytes("y") } });
-    await runtime.backend.append({ bytes: plain, envelope: { ...envelope, messageId: "p-1", sequence: 10 } });
+    await runtime.backend.append({
+      bytes: tampered,
+      envelope: { ...envelope, messageId: "t-1", sequence: 9 },
+    });
+    const plain = encodeFrame({
+      envelope: { ...envelope, messageId: "p-1", sequence: 10 },
+      message: { kind: "bytes", payload: bytes("y") },
+    });
+    await runtime.backend.append({
+      bytes: plain,
+      envelope: { ...envelope, messageId: "p-1", sequence: 10 },
+    });
     await runtime.settled();
     expect(got).toEqual(["one"]);
     const parked = await runtime.parked();
@@ -129,7 +146,10 @@ describe("channel API (bind / establishChannel / send / channels / status / unbi
     const a = bind(runtime, () => {});
     const b = bind(runtime, () => {});
     await expectAsyncCode(send(a, "nope", bytes("x")), ErrorCode.CHANNEL_NOT_FOUND);
-    await expectAsyncCode(a.establishChannel(b.agentId, new Uint8Array(16)), ErrorCode.CRYPTO_ERROR);
+    await expectAsyncCode(
+      a.establishChannel(b.agentId, new Uint8Array(16)),
+      ErrorCode.CRYPTO_ERROR,
+    );
     await expectAsyncCode(a.establishChannel(new Uint8Array(32)), ErrorCode.INVALID_ARGUMENT);
     const id = await a.establishChannel(b.agentId);
     const c = bind(runtime, () => {});

@@ -1,10 +1,24 @@
 import type { Frame } from "@troupe/wire";
 import { describe, expect, it } from "vitest";
-import { type Delivery, ErrorCode, TroupeError, createEmbeddedBackend, createManualClock } from "../src/index.js";
+import {
+  createEmbeddedBackend,
+  createManualClock,
+  type Delivery,
+  ErrorCode,
+  TroupeError,
+} from "../src/index.js";
 
 function frame(id: string, to = "counter/a"): Frame {
   return {
-    envelope: { version: 1, kind: "event", messageId: id, from: "~c", to, sequence: 1, timestampNs: 1n },
+    envelope: {
+      version: 1,
+      kind: "event",
+      messageId: id,
+      from: "~c",
+      to,
+      sequence: 1,
+      timestampNs: 1n,
+    },
     message: { kind: "data", payload: { type: "inc" } },
   };
 }
@@ -17,7 +31,8 @@ describe("embedded backend contract", () => {
     const b = createEmbeddedBackend();
     const got: Delivery[] = [];
     await b.open("me", { deliver: (d) => got.push(d), direct: () => {} });
-    for (let i = 0; i < 5; i++) expect((await b.append({ frame: frame(`m${i}`) })).sequence).toBe(i + 1);
+    for (let i = 0; i < 5; i++)
+      expect((await b.append({ frame: frame(`m${i}`) })).sequence).toBe(i + 1);
     await tick();
     expect(got.map((d) => d.sequence)).toEqual([1, 2, 3, 4, 5]);
     expect(b.unacknowledged).toBe(5);
@@ -31,7 +46,10 @@ describe("embedded backend contract", () => {
     const b = createEmbeddedBackend({ clock, duplicateWindowMs: 1000 });
     await b.open("me", { deliver: (d) => d.ack(), direct: () => {} });
     const first = await b.append({ frame: frame("same") });
-    expect(await b.append({ frame: frame("same") })).toEqual({ sequence: first.sequence, duplicate: true });
+    expect(await b.append({ frame: frame("same") })).toEqual({
+      sequence: first.sequence,
+      duplicate: true,
+    });
     await clock.advance(1500);
     expect((await b.append({ frame: frame("same") })).duplicate).toBe(false);
     await b.close();
@@ -73,13 +91,21 @@ describe("embedded backend contract", () => {
   it("refuses a second consumer while one is open", async () => {
     const b = createEmbeddedBackend();
     await b.open("one", { deliver: () => {}, direct: () => {} });
-    await expect(b.open("two", { deliver: () => {}, direct: () => {} })).rejects.toMatchObject({ code: ErrorCode.INVALID_STATE });
+    await expect(b.open("two", { deliver: () => {}, direct: () => {} })).rejects.toMatchObject({
+      code: ErrorCode.INVALID_STATE,
+    });
     await b.close();
   });
 
   it("stores snapshots with compare-and-set and isolates them from callers", async () => {
     const b = createEmbeddedBackend();
-    const record = { state: { context: { n: 1 } }, lastSequence: 3, outbox: [], sent: 0, updatedAt: 1 };
+    const record = {
+      state: { context: { n: 1 } },
+      lastSequence: 3,
+      outbox: [],
+      sent: 0,
+      updatedAt: 1,
+    };
     expect(await b.snapshots.put("counter/a", record, 0)).toBe(1);
     record.state.context.n = 99; // the store kept its own copy
     const got = await b.snapshots.get("counter/a");
@@ -89,7 +115,9 @@ describe("embedded backend contract", () => {
     expect((conflict as TroupeError).code).toBe(ErrorCode.STORAGE_ERROR);
     expect((conflict as TroupeError).details?.conflict).toBe(true);
     expect(await b.snapshots.put("counter/a", record, 1)).toBe(2);
-    const bad = await b.snapshots.put("counter/b", { ...record, state: { f: () => 1 } }, 0).catch((e: unknown) => e);
+    const bad = await b.snapshots
+      .put("counter/b", { ...record, state: { f: () => 1 } }, 0)
+      .catch((e: unknown) => e);
     expect((bad as TroupeError).code).toBe(ErrorCode.STORAGE_ERROR);
     await b.snapshots.delete("counter/a");
     expect(await b.snapshots.get("counter/a")).toBeUndefined();

@@ -1,8 +1,14 @@
 import { encodeFrame } from "@troupe/wire";
 import { describe, expect, it } from "vitest";
 import { setup } from "xstate";
-import { type Backend, createEmbeddedBackend, createRuntime, defineAgent, sendToAgent } from "../src/index.js";
 import { z } from "zod";
+import {
+  type Backend,
+  createEmbeddedBackend,
+  createRuntime,
+  defineAgent,
+  sendToAgent,
+} from "../src/index.js";
 import { counter } from "./fixtures.js";
 
 /** A seeded PRNG (mulberry32) so a failure reproduces. */
@@ -31,7 +37,15 @@ describe("faults", () => {
     await ref.send({ type: "inc", by: 1 });
     const rand = rng(42);
     const valid = encodeFrame({
-      envelope: { version: 1, kind: "event", messageId: "v", from: "~x", to: "counter/target", sequence: 1, timestampNs: 1n },
+      envelope: {
+        version: 1,
+        kind: "event",
+        messageId: "v",
+        from: "~x",
+        to: "counter/target",
+        sequence: 1,
+        timestampNs: 1n,
+      },
       message: { kind: "data", payload: { type: "inc", by: 1000 } },
     });
     const N = 2_000;
@@ -43,9 +57,18 @@ describe("faults", () => {
       } else {
         bytes = valid.slice();
         const flips = 1 + Math.floor(rand() * 4);
-        for (let f = 0; f < flips; f++) bytes[Math.floor(rand() * bytes.length)]! ^= 1 << Math.floor(rand() * 8);
+        for (let f = 0; f < flips; f++)
+          bytes[Math.floor(rand() * bytes.length)]! ^= 1 << Math.floor(rand() * 8);
       }
-      const envelope = { version: 1, kind: "event" as const, messageId: `g${i}`, from: "~x", to: "counter/target", sequence: 1, timestampNs: 1n };
+      const envelope = {
+        version: 1,
+        kind: "event" as const,
+        messageId: `g${i}`,
+        from: "~x",
+        to: "counter/target",
+        sequence: 1,
+        timestampNs: 1n,
+      };
       await runtime.backend.append({ bytes, envelope });
     }
     await runtime.settled();
@@ -58,7 +81,15 @@ describe("faults", () => {
     const parked = (await runtime.parked(2 * N)).filter((p) => p.to === "counter/target");
     expect(parked.length + stats.processed).toBe(N + 4);
     const codes = new Set(parked.map((p) => p.code));
-    for (const c of codes) expect(["DECODE_ERROR", "LIMIT_EXCEEDED", "UNSUPPORTED_VERSION", "CRYPTO_ERROR", "VALIDATION_ERROR", "CHANNEL_NOT_FOUND"]).toContain(c);
+    for (const c of codes)
+      expect([
+        "DECODE_ERROR",
+        "LIMIT_EXCEEDED",
+        "UNSUPPORTED_VERSION",
+        "CRYPTO_ERROR",
+        "VALIDATION_ERROR",
+        "CHANNEL_NOT_FOUND",
+      ]).toContain(c);
     expect(parked.length).toBeGreaterThan(N * 0.9);
     await runtime.shutdown();
   });
@@ -92,7 +123,8 @@ describe("faults", () => {
       append: {
         value: (out: Parameters<Backend["append"]>[0]) => {
           const env = "frame" in out ? out.frame.envelope : out.envelope;
-          if (failOutputs && env.from.startsWith("relay/")) return Promise.reject(new Error("link down"));
+          if (failOutputs && env.from.startsWith("relay/"))
+            return Promise.reject(new Error("link down"));
           return inner.append(out);
         },
       },
@@ -100,7 +132,14 @@ describe("faults", () => {
     const relay = defineAgent({
       type: "relay",
       machine: setup({}).createMachine({
-        on: { fwd: { actions: sendToAgent("counter", "sink", ({ event }) => ({ type: "inc", by: (event as unknown as { by: number }).by })) } },
+        on: {
+          fwd: {
+            actions: sendToAgent("counter", "sink", ({ event }) => ({
+              type: "inc",
+              by: (event as unknown as { by: number }).by,
+            })),
+          },
+        },
       }),
     });
     const r1 = await createRuntime({ agents: [relay, counter], backend: flaky, retryDelayMs: 5 });
@@ -112,11 +151,17 @@ describe("faults", () => {
     failOutputs = false;
     await new Promise((r) => setTimeout(r, 30)); // the nak'd input comes back; a new activation republishes
     await r1.settled();
-    expect(await r1.ref("counter", "sink").request({ type: "get" })).toEqual({ type: "value", value: 7 });
+    expect(await r1.ref("counter", "sink").request({ type: "get" })).toEqual({
+      type: "value",
+      value: 7,
+    });
     await r1.shutdown();
     // a second runtime on the same store: nothing is delivered twice
     const r2 = await createRuntime({ agents: [relay, counter], backend: inner });
-    expect(await r2.ref("counter", "sink").request({ type: "get" })).toEqual({ type: "value", value: 7 });
+    expect(await r2.ref("counter", "sink").request({ type: "get" })).toEqual({
+      type: "value",
+      value: 7,
+    });
     expect((await inner.snapshots.get("relay/r"))?.record.outbox).toEqual([]);
     await r2.shutdown();
   });

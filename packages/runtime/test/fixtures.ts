@@ -5,10 +5,7 @@ import { currentRequest, defineAgent, reply, replyTo, sendToAgent } from "../src
 export const counterMachine = setup({
   types: {
     context: {} as { count: number; seen: string[] },
-    events: {} as
-      | { type: "inc"; by: number; tag?: string }
-      | { type: "get" }
-      | { type: "fail" },
+    events: {} as { type: "inc"; by: number; tag?: string } | { type: "get" } | { type: "fail" },
   },
 }).createMachine({
   id: "counter",
@@ -17,7 +14,8 @@ export const counterMachine = setup({
     inc: {
       actions: assign({
         count: ({ context, event }) => context.count + event.by,
-        seen: ({ context, event }) => (event.tag === undefined ? context.seen : [...context.seen, event.tag]),
+        seen: ({ context, event }) =>
+          event.tag === undefined ? context.seen : [...context.seen, event.tag],
       }),
     },
     get: { actions: reply(({ context }) => ({ type: "value", value: context.count })) },
@@ -66,13 +64,18 @@ export const askerMachine = setup({
     ask: {
       actions: [
         assign({ pending: () => currentRequest() }),
-        sendToAgent("counter", ({ event }) => (event as { target: string }).target, { type: "get" }),
+        sendToAgent("counter", ({ event }) => (event as { target: string }).target, {
+          type: "get",
+        }),
       ],
     },
     value: {
       actions: [
         assign({ answers: ({ context }) => context.answers + 1 }),
-        replyTo(({ context }) => context.pending, ({ event }) => ({ type: "answer", value: (event as { value: number }).value })),
+        replyTo(
+          ({ context }) => context.pending,
+          ({ event }) => ({ type: "answer", value: (event as { value: number }).value }),
+        ),
       ],
     },
   },

@@ -2,14 +2,14 @@ import { describe, expect, it } from "vitest";
 import { assign, createMachine, fromPromise, setup, spawnChild } from "xstate";
 import { z } from "zod";
 import {
-  ErrorCode,
-  LifecycleState,
-  TroupeError,
   createEmbeddedBackend,
   createRuntime,
   defineAgent,
+  ErrorCode,
+  LifecycleState,
   reply,
   sendToAgent,
+  TroupeError,
 } from "../src/index.js";
 import { asker, counter, counterMachine, fragile, fragileState } from "./fixtures.js";
 
@@ -31,8 +31,15 @@ describe("runtime (embedded)", () => {
     expect(receipt.messageId).toMatch(/^[A-Za-z0-9_-]{22}$/);
     expect(receipt.sequence).toBe(1);
     expect(typeof receipt.timestampNs).toBe("bigint");
-    expect(await ref.request({ type: "get" }, { timeoutMs: 1000 })).toEqual({ type: "value", value: 2 });
-    expect(await ref.status()).toEqual({ state: "ACTIVE", channelCount: 0, pendingMessageCount: 0 });
+    expect(await ref.request({ type: "get" }, { timeoutMs: 1000 })).toEqual({
+      type: "value",
+      value: 2,
+    });
+    expect(await ref.status()).toEqual({
+      state: "ACTIVE",
+      channelCount: 0,
+      pendingMessageCount: 0,
+    });
     await runtime.shutdown();
     expect((await ref.status()).state).toBe(LifecycleState.UNBOUND);
     await expectCode(ref.send({ type: "inc", by: 1 }), ErrorCode.SHUTDOWN);
@@ -57,13 +64,16 @@ describe("runtime (embedded)", () => {
     const runtime = await createRuntime({ agents: [counter] });
     const sends: Promise<unknown>[] = [];
     for (let round = 1; round <= 5; round++) {
-      for (let a = 0; a < 1000; a++) sends.push(runtime.ref("counter", `c${a}`).send({ type: "inc", by: round }));
+      for (let a = 0; a < 1000; a++)
+        sends.push(runtime.ref("counter", `c${a}`).send({ type: "inc", by: round }));
     }
     await Promise.all(sends);
     await runtime.settled();
     expect(runtime.stats().activeAgents).toBe(1000);
     const values = await Promise.all(
-      Array.from({ length: 1000 }, (_, a) => runtime.ref("counter", `c${a}`).request<{ value: number }>({ type: "get" })),
+      Array.from({ length: 1000 }, (_, a) =>
+        runtime.ref("counter", `c${a}`).request<{ value: number }>({ type: "get" }),
+      ),
     );
     expect(values.every((v) => v.value === 15)).toBe(true);
     await runtime.shutdown();
@@ -75,7 +85,10 @@ describe("runtime (embedded)", () => {
       machine: setup({}).createMachine({ on: { ping: {} } }),
     });
     const runtime = await createRuntime({ agents: [silent] });
-    const e = await expectCode(runtime.ref("silent", "x").request({ type: "ping" }, { timeoutMs: 50 }), ErrorCode.TIMEOUT);
+    const e = await expectCode(
+      runtime.ref("silent", "x").request({ type: "ping" }, { timeoutMs: 50 }),
+      ErrorCode.TIMEOUT,
+    );
     expect(e.message).toContain("silent/x");
     await runtime.shutdown();
   });
@@ -85,7 +98,10 @@ describe("runtime (embedded)", () => {
     await expectCode(runtime.ref("nope", "a").send({ type: "x" }), ErrorCode.UNKNOWN_AGENT);
     expect(() => runtime.ref("counter", "")).toThrow(TroupeError);
     expect(() => runtime.ref("Bad Type", "a")).toThrow(/invalid agent type/);
-    await expectCode(runtime.ref("counter", "a").send({ nottype: 1 } as never), ErrorCode.VALIDATION_ERROR);
+    await expectCode(
+      runtime.ref("counter", "a").send({ nottype: 1 } as never),
+      ErrorCode.VALIDATION_ERROR,
+    );
     await runtime.shutdown();
   });
 
@@ -97,8 +113,11 @@ describe("runtime (embedded)", () => {
     });
     const runtime = await createRuntime({ agents: [strict] });
     const ref = runtime.ref("strict", "s");
-    const e = await expectCode(ref.send({ type: "inc", by: -1 } as never), ErrorCode.VALIDATION_ERROR);
-    expect(e.message).toContain("invalid \"inc\" event");
+    const e = await expectCode(
+      ref.send({ type: "inc", by: -1 } as never),
+      ErrorCode.VALIDATION_ERROR,
+    );
+    expect(e.message).toContain('invalid "inc" event');
     await ref.send({ type: "inc", by: 3 });
     expect(await ref.request({ type: "get" })).toEqual({ type: "value", value: 3 });
     await runtime.shutdown();
@@ -117,7 +136,12 @@ describe("runtime (embedded)", () => {
         on: {
           go: { actions: sendToAgent("strict", "s", { type: "inc", by: "lots" } as never) },
           "troupe.error": {
-            actions: assign({ errors: ({ context, event }) => [...context.errors, (event as unknown as { error: { code: string } }).error.code] }),
+            actions: assign({
+              errors: ({ context, event }) => [
+                ...context.errors,
+                (event as unknown as { error: { code: string } }).error.code,
+              ],
+            }),
           },
           get: { actions: reply(({ context }) => ({ type: "errors", errors: context.errors })) },
         },
@@ -126,7 +150,10 @@ describe("runtime (embedded)", () => {
     const runtime = await createRuntime({ agents: [strict, sender] });
     await runtime.ref("sender", "1").send({ type: "go" });
     await runtime.settled();
-    expect(await runtime.ref("sender", "1").request({ type: "get" })).toEqual({ type: "errors", errors: ["VALIDATION_ERROR"] });
+    expect(await runtime.ref("sender", "1").request({ type: "get" })).toEqual({
+      type: "errors",
+      errors: ["VALIDATION_ERROR"],
+    });
     const parked = await runtime.parked();
     expect(parked).toHaveLength(1);
     expect(parked[0]!.code).toBe("VALIDATION_ERROR");
@@ -137,7 +164,9 @@ describe("runtime (embedded)", () => {
     const runtime = await createRuntime({ agents: [counter, asker] });
     await runtime.ref("counter", "k").send({ type: "inc", by: 41 });
     await runtime.ref("counter", "k").send({ type: "inc", by: 1 });
-    expect(await runtime.ref("asker", "q").request({ type: "ask", target: "k" }, { timeoutMs: 2000 })).toEqual({
+    expect(
+      await runtime.ref("asker", "q").request({ type: "ask", target: "k" }, { timeoutMs: 2000 }),
+    ).toEqual({
       type: "answer",
       value: 42,
     });
@@ -146,7 +175,11 @@ describe("runtime (embedded)", () => {
 
   it("quarantines after maxRetries, holds later messages, releases them in order", async () => {
     fragileState.failing = true;
-    const runtime = await createRuntime({ agents: [fragile, counter], retryDelayMs: 1, maxRetries: 2 });
+    const runtime = await createRuntime({
+      agents: [fragile, counter],
+      retryDelayMs: 1,
+      maxRetries: 2,
+    });
     const ref = runtime.ref("fragile", "f");
     await ref.send({ type: "item", n: 1 });
     await ref.send({ type: "item", n: 2, poison: true });
@@ -162,7 +195,10 @@ describe("runtime (embedded)", () => {
     expect(q[0]!.by).toBe("auto");
     expect(q[0]!.reason).toContain("handler failed 3 times");
     expect(runtime.stats().failed).toBe(3);
-    expect(await runtime.ref("counter", "other").request({ type: "get" })).toEqual({ type: "value", value: 1 });
+    expect(await runtime.ref("counter", "other").request({ type: "get" })).toEqual({
+      type: "value",
+      value: 1,
+    });
     fragileState.failing = false;
     expect(await runtime.release(ref)).toBe(5);
     expect(await ref.request({ type: "get" })).toEqual({ type: "log", log: [1, 2, 3, 4, 5, 6] });
@@ -181,15 +217,26 @@ describe("runtime (embedded)", () => {
     await ref.send({ type: "inc", by: 1, tag: "c" });
     await runtime.settled();
     expect(await ref.status()).toMatchObject({ state: "QUARANTINED", pendingMessageCount: 2 });
-    expect((await runtime.quarantined())[0]).toMatchObject({ address: "counter/m", reason: "operator says so", by: "manual" });
+    expect((await runtime.quarantined())[0]).toMatchObject({
+      address: "counter/m",
+      reason: "operator says so",
+      by: "manual",
+    });
     await expectCode(runtime.release("counter/zzz"), ErrorCode.INVALID_STATE);
     expect(await runtime.release(ref)).toBe(2);
     const final = await runtime.backend.snapshots.get("counter/m");
     await runtime.settled();
     const stored = await runtime.backend.snapshots.get("counter/m");
-    expect((stored!.record.state as { context: { seen: string[] } }).context.seen).toEqual(["a", "b", "c"]);
+    expect((stored!.record.state as { context: { seen: string[] } }).context.seen).toEqual([
+      "a",
+      "b",
+      "c",
+    ]);
     expect(final).toBeDefined();
-    await expectCode(ref.request({ type: "fail" }, { timeoutMs: 2000 }), ErrorCode.QUARANTINE_TRIGGERED);
+    await expectCode(
+      ref.request({ type: "fail" }, { timeoutMs: 2000 }),
+      ErrorCode.QUARANTINE_TRIGGERED,
+    );
     await runtime.shutdown();
   });
 
@@ -200,7 +247,9 @@ describe("runtime (embedded)", () => {
     const ref = runtime.ref("counter", "p");
     for (let i = 0; i < 3; i++) await ref.send({ type: "inc", by: 5, tag: `t${i}` });
     await runtime.settled();
-    const host = (runtime as unknown as { hosts: Map<string, { persisted: unknown }> }).hosts.get("counter/p")!;
+    const host = (runtime as unknown as { hosts: Map<string, { persisted: unknown }> }).hosts.get(
+      "counter/p",
+    )!;
     const before = structuredClone(host.persisted);
     await clock.advance(2000);
     await runtime.settled();
@@ -208,7 +257,9 @@ describe("runtime (embedded)", () => {
     expect(runtime.stats().passivations).toBe(1);
     expect((await ref.status()).state).toBe("BOUND");
     expect(await ref.request({ type: "get" })).toEqual({ type: "value", value: 15 });
-    const again = (runtime as unknown as { hosts: Map<string, { persisted: unknown }> }).hosts.get("counter/p")!;
+    const again = (runtime as unknown as { hosts: Map<string, { persisted: unknown }> }).hosts.get(
+      "counter/p",
+    )!;
     expect(again.persisted).toEqual(before);
     expect(runtime.stats().activations).toBe(2);
     await runtime.shutdown();
@@ -222,7 +273,10 @@ describe("runtime (embedded)", () => {
     expect(backend.unacknowledged).toBe(0);
     const r2 = await createRuntime({ agents: [counter], backend });
     for (let i = 0; i < 5; i++) {
-      expect(await r2.ref("counter", `s${i}`).request({ type: "get" })).toEqual({ type: "value", value: 10 });
+      expect(await r2.ref("counter", `s${i}`).request({ type: "get" })).toEqual({
+        type: "value",
+        value: 10,
+      });
     }
     await r2.shutdown();
   });
@@ -240,7 +294,14 @@ describe("runtime (embedded)", () => {
     const inline = defineAgent({
       type: "inline",
       machine: createMachine({
-        on: { go: { actions: spawnChild(fromPromise(async () => 1), { id: "worker" }) } },
+        on: {
+          go: {
+            actions: spawnChild(
+              fromPromise(async () => 1),
+              { id: "worker" },
+            ),
+          },
+        },
       }),
     });
     const runtime = await createRuntime({ agents: [inline] });
@@ -258,12 +319,17 @@ describe("runtime (embedded)", () => {
 
     const seen: string[] = [];
     const runtime = await createRuntime({ agents: [counter], enableHooks: true });
-    runtime.use({ name: "audit", order: 450, run: (ctx) => void seen.push(`audit:${ctx.envelope?.kind}`) });
+    runtime.use({
+      name: "audit",
+      order: 450,
+      run: (ctx) => void seen.push(`audit:${ctx.envelope?.kind}`),
+    });
     runtime.use({
       name: "deny-big",
       order: 550,
       run: (ctx) => {
-        if ((ctx.event as { by?: number }).by === 1000) throw new TroupeError(ErrorCode.UNAUTHORIZED, "too big");
+        if ((ctx.event as { by?: number }).by === 1000)
+          throw new TroupeError(ErrorCode.UNAUTHORIZED, "too big");
         return undefined;
       },
     });
@@ -278,7 +344,9 @@ describe("runtime (embedded)", () => {
       "rate-limit",
       "handler",
     ]);
-    expect(() => runtime.use({ name: "late", order: 1000, run: () => undefined })).toThrow(/handler is always last/);
+    expect(() => runtime.use({ name: "late", order: 1000, run: () => undefined })).toThrow(
+      /handler is always last/,
+    );
     const ref = runtime.ref("counter", "h");
     await ref.send({ type: "inc", by: 1000 });
     await ref.send({ type: "inc", by: 1 });
