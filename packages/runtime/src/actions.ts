@@ -121,11 +121,24 @@ function resolve<TContext, TEvent, T>(
     : expr;
 }
 
+export interface SendToAgentOptions<TContext, TEvent> {
+  /**
+   * Correlates what comes back: a `troupe.error` for this message (and a `reply` to it) carries
+   * this id as `correlationId`. Default: the message id.
+   */
+  correlationId?: Expr<TContext, TEvent, string>;
+}
+
 /** Send `event` to agent `type/key` (delivered once, after this transition is stored). */
-export function sendToAgent<TContext = AnyContext, TEvent extends EventObject = AnyEvent>(
+export function sendToAgent<
+  TContext = AnyContext,
+  TEvent extends EventObject = AnyEvent,
+  TSent extends EventObject = EventObject,
+>(
   type: Expr<TContext, TEvent, string>,
   key: Expr<TContext, TEvent, string>,
-  event: Expr<TContext, TEvent, EventObject>,
+  event: Expr<TContext, TEvent, TSent>,
+  options?: SendToAgentOptions<TContext, TEvent>,
 ): (args: ActionArgsLike<TContext, TEvent>) => void {
   return (args) => {
     const emitter = emitterFor(args.system);
@@ -136,7 +149,9 @@ export function sendToAgent<TContext = AnyContext, TEvent extends EventObject = 
       emitter.fault(e as TroupeError);
       return;
     }
-    emitter.emit(to, "event", resolve(event, args));
+    const correlationId =
+      options?.correlationId === undefined ? undefined : resolve(options.correlationId, args);
+    emitter.emit(to, "event", resolve(event, args), correlationId);
   };
 }
 
@@ -144,9 +159,11 @@ export function sendToAgent<TContext = AnyContext, TEvent extends EventObject = 
  * Answer the message being handled: a request from a client gets its response; a message
  * from another agent gets `event` delivered back to that agent.
  */
-export function reply<TContext = AnyContext, TEvent extends EventObject = AnyEvent>(
-  event: Expr<TContext, TEvent, EventObject>,
-): (args: ActionArgsLike<TContext, TEvent>) => void {
+export function reply<
+  TContext = AnyContext,
+  TEvent extends EventObject = AnyEvent,
+  TSent extends EventObject = EventObject,
+>(event: Expr<TContext, TEvent, TSent>): (args: ActionArgsLike<TContext, TEvent>) => void {
   return (args) => {
     const emitter = emitterFor(args.system);
     const target = currentMessageInfo?.replyTarget;
@@ -166,9 +183,13 @@ export function reply<TContext = AnyContext, TEvent extends EventObject = AnyEve
 }
 
 /** Answer a request captured earlier with `currentRequest()` (a deferred reply). */
-export function replyTo<TContext = AnyContext, TEvent extends EventObject = AnyEvent>(
+export function replyTo<
+  TContext = AnyContext,
+  TEvent extends EventObject = AnyEvent,
+  TSent extends EventObject = EventObject,
+>(
   token: Expr<TContext, TEvent, ReplyToken | undefined>,
-  event: Expr<TContext, TEvent, EventObject>,
+  event: Expr<TContext, TEvent, TSent>,
 ): (args: ActionArgsLike<TContext, TEvent>) => void {
   return (args) => {
     const emitter = emitterFor(args.system);

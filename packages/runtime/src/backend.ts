@@ -120,6 +120,11 @@ export interface Backend {
   readonly snapshots: SnapshotStore;
   readonly quarantine: QuarantineRegistry;
   readonly parked: ParkingLot;
+  /**
+   * Messages appended here but not yet handed to `deliver` (0 when unknown). Lets
+   * `runtime.settled()` see a message between one agent's publish and the next one's turn.
+   */
+  pendingDeliveries?(): number;
   /** Stop delivering; unacknowledged messages stay for the next consumer. */
   close(): Promise<void>;
 }

@@ -70,9 +70,10 @@ class CallableHost extends Host {
     return this.handle.channels().length;
   }
 
-  protected async activate(): Promise<void> {
+  protected async activate(): Promise<boolean> {
     const q = await this.kernel.backend.quarantine.get(this.address);
     if (q !== undefined) this.state = LifecycleState.QUARANTINED;
+    return true;
   }
 
   protected apply(event: unknown, info: MessageInfo): unknown {
@@ -152,6 +153,7 @@ class BoundHandleImpl implements BoundHandle {
     }
     if (peer === this)
       throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "a channel needs two endpoints");
+    const channelId = newMessageId();
     let channelKey: Uint8Array;
     if (key !== undefined) {
       if (!(key instanceof Uint8Array) || key.length !== 32) {
@@ -159,13 +161,20 @@ class BoundHandleImpl implements BoundHandle {
       }
       channelKey = new Uint8Array(key);
     } else {
+      // salt = the channel id, info names both ends: every channel gets a key of its own
       channelKey = deriveChannelKey({
         privateKey: this.privateKey,
         peerPublicKey: peer.publicKey,
-        info: KDF_INFO,
+        salt: new TextEncoder().encode(channelId),
+        info: `${KDF_INFO}\u0000${[this.address, peer.address].sort().join("\u0000")}`,
       });
     }
-    const channel = this.runtime.core.openChannel(this.address, peer.address, channelKey);
+    const channel = this.runtime.core.openChannel(
+      this.address,
+      peer.address,
+      channelKey,
+      channelId,
+    );
     for (const h of [this, peer]) {
       if (h.host.state === LifecycleState.BOUND) h.host.state = LifecycleState.ACTIVE;
     }

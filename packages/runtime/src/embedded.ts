@@ -253,6 +253,9 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
     get unacknowledged() {
       return unacked;
     },
+    pendingDeliveries() {
+      return handlers === undefined ? 0 : queue.length;
+    },
     async open(id, h) {
       if (handlers !== undefined) {
         throw new TroupeError(

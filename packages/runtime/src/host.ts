@@ -129,7 +129,8 @@ export abstract class Host implements Emitter {
   async #drain(): Promise<void> {
     try {
       if (!this.#activated) {
-        await this.activate();
+        // not ready = it could not start and is quarantined: its messages stay held
+        if (!(await this.activate())) return;
         this.#activated = true;
         if (this.state === LifecycleState.BOUND) this.state = LifecycleState.ACTIVE;
       }
@@ -469,8 +470,8 @@ export abstract class Host implements Emitter {
 
   // --- what a kind of host must provide --------------------------------------------------
 
-  /** Load state (snapshot) before the first message. */
-  protected abstract activate(): Promise<void>;
+  /** Load state (snapshot) before the first message; false if it cannot start (quarantined). */
+  protected abstract activate(): Promise<boolean>;
   /**
    * Apply one event; return the error if the handler failed, undefined if it succeeded (or a
    * promise that rejects with the error / fulfils on success, for asynchronous handlers).
@@ -575,7 +576,7 @@ export class AgentHost extends Host {
     return 0;
   }
 
-  protected async activate(): Promise<void> {
+  protected async activate(): Promise<boolean> {
     await this.kernel.waitForPassivation(this.address);
     const q = await this.kernel.backend.quarantine.get(this.address);
     const stored = await this.kernel.backend.snapshots.get(this.address);
@@ -590,9 +591,45 @@ export class AgentHost extends Host {
         this.#outboxStored = true;
       }
     }
-    this.#startActor(this.#stored);
+    const { maxRetries, retryDelayMs } = this.kernel.config;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.#startActor(this.#stored);
+        break;
+      } catch (e) {
+        this.kernel.counters.failed++;
+        if (attempt >= maxRetries) {
+          await this.#failedToStart(e, attempt + 1);
+          return false;
+        }
+        this.kernel.counters.retries++;
+        await this.kernel.sleep(retryDelayMs * 2 ** attempt);
+      }
+    }
     this.kernel.counters.activations++;
     if (q !== undefined) this.state = LifecycleState.QUARANTINED;
+    return true;
+  }
+
+  /** A machine that throws while starting is a handler failure like any other: quarantine. */
+  async #failedToStart(e: unknown, attempts: number): Promise<void> {
+    const reason = `agent failed to start ${attempts} times: ${errorMessage(e)}`;
+    this.kernel.logger.warn({ agent: this.address, err: e }, "quarantining agent");
+    const env = this.mailbox[0]?.frame?.envelope;
+    if (env !== undefined) {
+      this.errorToSender(
+        env,
+        new TroupeError(
+          ErrorCode.QUARANTINE_TRIGGERED,
+          `${this.address} is quarantined: ${reason}`,
+          {
+            cause: e,
+          },
+        ),
+      );
+    }
+    await this.enterQuarantine(reason, "auto");
+    await this.kernel.publish(this.outputs.splice(0));
   }
 
   #startActor(persisted: unknown): void {

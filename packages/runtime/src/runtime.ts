@@ -620,7 +620,8 @@ export class RuntimeCore implements Kernel, Runtime {
         (h) => h.busy && h.state === LifecycleState.ACTIVE,
       );
       const work = [...this.#orphanWork, ...this.#passivating.values()];
-      if (busy.length === 0 && work.length === 0) quietRounds++;
+      const undelivered = this.backend.pendingDeliveries?.() ?? 0;
+      if (busy.length === 0 && work.length === 0 && undelivered === 0) quietRounds++;
       else {
         quietRounds = 0;
         await Promise.all([...busy.map((h) => h.idle()), ...work]);
@@ -672,8 +673,8 @@ export class RuntimeCore implements Kernel, Runtime {
   }
 
   /** @internal */
-  openChannel(a: string, b: string, key: Uint8Array): Channel {
-    const channel = new Channel(newMessageId(), a, b, key, this.clock.now());
+  openChannel(a: string, b: string, key: Uint8Array, id: string = newMessageId()): Channel {
+    const channel = new Channel(id, a, b, key, this.clock.now());
     this.channels.set(channel.id, channel);
     return channel;
   }

@@ -372,3 +372,90 @@ describe("runtime (embedded)", () => {
     await expectCode(createRuntime({ agents: [{} as never] }), ErrorCode.CONFIG_ERROR);
   });
 });
+
+describe("runtime (embedded): lifecycle edges", () => {
+  it("settled() waits for chains of agent-to-agent messages", async () => {
+    const relay = defineAgent({
+      type: "relay",
+      machine: setup({}).createMachine({
+        on: {
+          hop: {
+            actions: sendToAgent(
+              "relay",
+              ({ event }) => String(event.n + 1),
+              ({ event }) => (event.n < 5 ? { type: "hop", n: event.n + 1 } : { type: "end" }),
+            ),
+          },
+        },
+      }),
+    });
+    const runtime = await createRuntime({ agents: [relay] });
+    await runtime.ref("relay", "1").send({ type: "hop", n: 1 });
+    await runtime.settled();
+    expect(runtime.stats().processed).toBe(6);
+    await runtime.shutdown();
+  });
+
+  it("an agent that fails to start is retried, then quarantined, and its sender told", async () => {
+    const broken = defineAgent({
+      type: "broken",
+      machine: setup({ types: { input: {} as { n: number } } }).createMachine({
+        context: ({ input }) => ({ n: input.n }),
+      }),
+    });
+    const runtime = await createRuntime({ agents: [broken], retryDelayMs: 1, maxRetries: 2 });
+    const e = await runtime
+      .ref("broken", "x")
+      .request({ type: "go" }, { timeoutMs: 2000 })
+      .catch((err: unknown) => err);
+    expect((e as TroupeError).code).toBe(ErrorCode.QUARANTINE_TRIGGERED);
+    expect((await runtime.quarantined())[0]?.reason).toMatch(/failed to start 3 times/);
+    expect(await runtime.ref("broken", "x").status()).toMatchObject({
+      state: "QUARANTINED",
+      pendingMessageCount: 1,
+    });
+    expect(runtime.stats().retries).toBe(2);
+    await runtime.shutdown();
+  });
+
+  it("a troupe.error carries the correlation id the sender chose", async () => {
+    const strict = defineAgent({
+      type: "strict",
+      machine: counterMachine,
+      events: { inc: z.object({ type: z.literal("inc"), by: z.number() }) },
+    });
+    const sender = defineAgent({
+      type: "sender",
+      machine: setup({ types: { context: {} as { failed: string[] } } }).createMachine({
+        context: { failed: [] },
+        on: {
+          go: {
+            actions: sendToAgent(
+              "strict",
+              "s",
+              { type: "inc", by: "x" },
+              { correlationId: "plan-7" },
+            ),
+          },
+          "troupe.error": {
+            actions: assign({
+              failed: ({ context, event }) => [
+                ...context.failed,
+                String((event as { correlationId?: string }).correlationId),
+              ],
+            }),
+          },
+          get: { actions: reply(({ context }) => ({ type: "failed", failed: context.failed })) },
+        },
+      }),
+    });
+    const runtime = await createRuntime({ agents: [strict, sender] });
+    await runtime.ref("sender", "1").send({ type: "go" });
+    await runtime.settled();
+    expect(await runtime.ref("sender", "1").request({ type: "get" })).toEqual({
+      type: "failed",
+      failed: ["plan-7"],
+    });
+    await runtime.shutdown();
+  });
+});

@@ -62,6 +62,7 @@ function is(code: ErrorCode) {
 export const isDecodeError = is(ErrorCode.DECODE_ERROR);
 export const isCryptoError = is(ErrorCode.CRYPTO_ERROR);
 export const isLimitExceeded = is(ErrorCode.LIMIT_EXCEEDED);
+export const isInvalidArgument = is(ErrorCode.INVALID_ARGUMENT);
 export const isUnsupportedVersion = is(ErrorCode.UNSUPPORTED_VERSION);
 export const isReplayDetected = is(ErrorCode.REPLAY_DETECTED);
 export const isTimeout = is(ErrorCode.TIMEOUT);

@@ -67,7 +67,10 @@ export function agentId(type: string, key: string): Uint8Array {
 /** Shard = AgentId (as a big-endian 256-bit integer) mod shardCount. */
 export function shardOf(id: Uint8Array, shardCount: number): number {
   if (!Number.isInteger(shardCount) || shardCount < 1 || shardCount > 65_536) {
-    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, `shard count must be 1..65536, got ${shardCount}`);
+    throw new TroupeError(
+      ErrorCode.INVALID_ARGUMENT,
+      `shard count must be 1..65536, got ${shardCount}`,
+    );
   }
   let r = 0;
   for (const b of id) r = (r * 256 + b) % shardCount;

@@ -1,2 +1,19 @@
-/** Internals shared with sibling packages and tests. Not a stable API. */
+/** Internals shared with sibling packages, tests and benchmarks. Not a stable API. */
+
+export {
+  FLAG_SEALED,
+  FRAME_HEADER_BYTES,
+  FRAME_MAGIC,
+  MAX_ENVELOPE_BYTES,
+  MAX_ENVELOPE_FIELD_LENGTH,
+  NONCE_BYTES,
+  TAG_BYTES,
+} from "./codec.js";
+export {
+  defaultXChaCha20Poly1305,
+  nobleXChaCha20Poly1305,
+  nodeXChaCha20Poly1305,
+  type XChaCha20Poly1305,
+} from "./crypto.js";
 export * from "./index.js";
+export { type ScanRules, scanMsgpack } from "./limits.js";
