@@ -103,7 +103,13 @@ export abstract class Host implements Emitter {
   enqueue(d: Delivery): void {
     this.mailbox.push(d);
     this.lastActivity = this.kernel.clock.now();
-    if (this.#draining === undefined && this.state !== LifecycleState.QUARANTINED) this.kick();
+    if (
+      this.#draining === undefined &&
+      this.#backoff === undefined &&
+      this.state !== LifecycleState.QUARANTINED
+    ) {
+      this.kick();
+    }
   }
 
   /** Starts draining unless already draining; resolves when the mailbox is handled. */
@@ -112,8 +118,13 @@ export abstract class Host implements Emitter {
     const p = this.#drain().finally(() => {
       this.#draining = undefined;
       this.lastActivity = this.kernel.clock.now();
-      // more arrived while finishing up
-      if (this.mailbox.length > 0 && this.state === LifecycleState.ACTIVE && !this.closed) {
+      // more arrived while finishing up (unless a reset is waiting out its backoff)
+      if (
+        this.mailbox.length > 0 &&
+        this.state === LifecycleState.ACTIVE &&
+        !this.closed &&
+        this.#backoff === undefined
+      ) {
         this.kick();
       }
     });
@@ -121,9 +132,11 @@ export abstract class Host implements Emitter {
     return p;
   }
 
-  /** Resolves once the current drain (if any) is over. */
+  /** Resolves once the current drain (and a pending restart after a failure) is over. */
   async idle(): Promise<void> {
-    while (this.#draining !== undefined) await this.#draining;
+    while (this.#draining !== undefined || this.#backoff !== undefined) {
+      await (this.#draining ?? this.#backoff);
+    }
   }
 
   async #drain(): Promise<void> {
@@ -142,18 +155,50 @@ export abstract class Host implements Emitter {
         await this.#commit([], true);
       }
     } catch (e) {
-      this.kernel.logger.error(
-        { err: e, agent: this.address },
-        "agent host failed; its messages stay unacknowledged and will be delivered again",
-      );
-      this.#abandon();
+      if (e instanceof TroupeError && e.code === ErrorCode.STORAGE_ERROR && e.details?.conflict) {
+        this.#abandon(e);
+      } else {
+        this.#reset(e);
+      }
     }
   }
 
-  /** Something went wrong below the handler (e.g. storage): give everything back, stop. */
-  #abandon(): void {
+  #resets = 0;
+
+  /**
+   * Something below the handler failed (storage, transport). Keep the mailbox in order, drop
+   * the in-memory state and start again from the stored snapshot after a backoff: inputs the
+   * snapshot covers are skipped, its outbox is published again.
+   */
+  #reset(e: unknown): void {
+    this.#resets++;
+    const delay = Math.min(this.kernel.config.retryDelayMs * 2 ** (this.#resets - 1), 30_000);
+    this.kernel.logger.error(
+      { err: e, agent: this.address, retryInMs: delay },
+      "agent host failed below its handler; restarting it from its stored state",
+    );
+    this.stopActor();
+    this.#activated = false;
+    this.#dirty = false;
+    this.outputs = [];
+    const backoff = this.kernel.sleep(delay).then(() => {
+      this.#backoff = undefined;
+      if (!this.closed && this.mailbox.length > 0) this.kick();
+    });
+    this.#backoff = backoff;
+  }
+
+  /** Set while a restart after a failure waits out its backoff. */
+  #backoff: Promise<void> | undefined;
+
+  /** Another activation owns this agent now (its snapshot moved on): give everything back. */
+  #abandon(e: unknown): void {
+    this.kernel.logger.error(
+      { err: e, agent: this.address },
+      "agent is owned elsewhere now; this activation stops and hands its messages back",
+    );
     const held = this.mailbox.splice(0);
-    for (const d of held) d.nak(this.kernel.config.retryDelayMs);
+    for (const d of held) d.nak();
     this.closed = true;
     this.kernel.forget(this);
     this.stopActor();
@@ -211,12 +256,17 @@ export abstract class Host implements Emitter {
       try {
         await this.persist(outputs, Math.max(last, this.lastSequence));
       } catch (e) {
+        if (isTransient(e)) {
+          // nothing of this batch is stored: all of it is handled again after the reset
+          this.mailbox.unshift(...done);
+          throw e;
+        }
         if (e instanceof TroupeError && e.code === ErrorCode.STORAGE_ERROR && e.details?.conflict) {
           // another activation owns this agent now: this one must not act any more
           for (const d of done) d.nak();
           throw e;
         }
-        // the new state cannot be stored: roll back to the last stored state, hold the batch
+        // the new state cannot be stored (not serialisable): roll back, hold the batch
         await this.rollback();
         this.mailbox.unshift(...done);
         this.lastSequence = done.length > 0 ? done[0]!.sequence - 1 : this.lastSequence;
@@ -231,13 +281,14 @@ export abstract class Host implements Emitter {
     try {
       await this.kernel.publish(outputs);
     } catch (e) {
-      // Stored but not (all) published: the outbox in the snapshot has them. Deliver the batch
-      // again; the next activation republishes the outbox (dedup drops what did go out) and
-      // skips the inputs the snapshot covers.
-      for (const d of done) d.nak(this.kernel.config.retryDelayMs);
+      // Stored but not (all) published: the outbox in the snapshot has them. The batch goes
+      // back in line; after the reset the snapshot covers it (skipped, acknowledged) and the
+      // outbox is published again (dedup drops what did go out).
+      this.mailbox.unshift(...done);
       throw e;
     }
     for (const d of done) d.ack();
+    this.#resets = 0;
     this.kernel.counters.acked += done.length;
   }
 
@@ -541,6 +592,14 @@ class MessageContext implements StageContext, MessageInfo {
     const to = env.replyTo ?? (env.from.startsWith("~") ? undefined : env.from);
     return to === undefined ? undefined : { to, correlationId: env.correlationId ?? env.messageId };
   }
+}
+
+/** Storage or transport trouble that may pass (as opposed to state that can never be stored). */
+function isTransient(e: unknown): boolean {
+  return (
+    e instanceof TroupeError &&
+    (e.code === ErrorCode.TRANSPORT_ERROR || (e.retryAfterMs !== undefined && !e.details?.conflict))
+  );
 }
 
 function errorMessage(e: unknown): string {

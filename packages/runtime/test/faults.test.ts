@@ -144,12 +144,17 @@ describe("faults", () => {
     });
     const r1 = await createRuntime({ agents: [relay, counter], backend: flaky, retryDelayMs: 5 });
     await r1.ref("relay", "r").send({ type: "fwd", by: 7 });
-    await r1.settled();
+    // the snapshot (with the output in its outbox) is stored, the publish fails, the host
+    // restarts from the snapshot and retries the publish with backoff
+    for (let i = 0; i < 200 && (await inner.snapshots.get("relay/r")) === undefined; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
     const stored = await inner.snapshots.get("relay/r");
     expect(stored?.record.outbox).toHaveLength(1);
     expect(stored?.record.lastSequence).toBe(1);
+    await new Promise((r) => setTimeout(r, 30));
+    expect(r1.stats().processed).toBe(1); // the input is not handled again on restart
     failOutputs = false;
-    await new Promise((r) => setTimeout(r, 30)); // the nak'd input comes back; a new activation republishes
     await r1.settled();
     expect(await r1.ref("counter", "sink").request({ type: "get" })).toEqual({
       type: "value",
