@@ -83,7 +83,7 @@ export abstract class Host implements Emitter {
   }
 
   get busy(): boolean {
-    return this.#draining !== undefined || this.mailbox.length > 0;
+    return this.#draining !== undefined || this.mailbox.length > 0 || this.#kickScheduled;
   }
 
   get pendingMessageCount(): number {
@@ -106,11 +106,26 @@ export abstract class Host implements Emitter {
     if (
       this.#draining === undefined &&
       this.#backoff === undefined &&
+      !this.#kickScheduled &&
       this.state !== LifecycleState.QUARANTINED
     ) {
-      this.kick();
+      // start on a microtask: deliveries handed over in the same turn join this first batch
+      // (one group commit for all of them instead of one for the first and one for the rest)
+      this.#kickScheduled = true;
+      queueMicrotask(() => {
+        this.#kickScheduled = false;
+        if (
+          this.#draining === undefined &&
+          this.#backoff === undefined &&
+          this.mailbox.length > 0
+        ) {
+          if (this.state !== LifecycleState.QUARANTINED) this.kick();
+        }
+      });
     }
   }
+
+  #kickScheduled = false;
 
   /** Starts draining unless already draining; resolves when the mailbox is handled. */
   kick(): Promise<void> {
