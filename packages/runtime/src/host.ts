@@ -813,6 +813,9 @@ export class AgentHost extends Host {
   async close(): Promise<void> {
     this.closed = true;
     await this.idle();
+    // messages still held (quarantined, or arrived during close) go back to the inbox for the
+    // next activation, wherever it runs
+    for (const d of this.mailbox.splice(0)) d.nak();
     if (this.#outboxStored && this.#actor !== undefined) {
       // its outputs are published: clear the outbox so a later activation does not resend
       await this.persist([], this.lastSequence);

@@ -232,6 +232,8 @@ export class RuntimeCore implements Kernel, Runtime {
   // --- inbound ---------------------------------------------------------------------------
 
   #route(d: Delivery): void {
+    // shutting down: leave it unacknowledged for the next consumer
+    if (this.#stopping && !this.hosts.has(d.to)) return;
     let host = this.hosts.get(d.to);
     if (host === undefined) {
       const created = this.#createHost(d.to);
@@ -381,6 +383,9 @@ export class RuntimeCore implements Kernel, Runtime {
   #precheck(type: string, event: unknown): void | Promise<void> {
     const def = this.definitions.get(type);
     if (def === undefined) {
+      // In one process the definitions are all there is; in a cluster another worker may
+      // host the type, and the receiver answers UNKNOWN_AGENT if none does.
+      if (this.backend.kind !== "embedded") return;
       throw new TroupeError(ErrorCode.UNKNOWN_AGENT, `no agent type "${type}" is defined here`);
     }
     const ev = event as { type?: unknown } | null;
@@ -662,6 +667,26 @@ export class RuntimeCore implements Kernel, Runtime {
     }
     await this.backend.close();
     this.#running = false;
+  }
+
+  /**
+   * @internal Passivates every activation whose address matches (a worker giving up a shard):
+   * waits for in-flight work, stores snapshots, and hands back messages it still holds.
+   */
+  async passivateWhere(match: (address: string) => boolean): Promise<number> {
+    const hosts = [...this.hosts.values()].filter((h) => match(h.address));
+    for (const h of hosts) this.hosts.delete(h.address);
+    await Promise.all(
+      hosts.map((h) =>
+        h
+          .close()
+          .catch((err) =>
+            this.logger.error({ err, agent: h.address }, "could not passivate agent"),
+          ),
+      ),
+    );
+    this.counters.passivations += hosts.length;
+    return hosts.length;
   }
 
   /** @internal bound callables and channels register here (channel API). */
