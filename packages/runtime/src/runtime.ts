@@ -165,6 +165,8 @@ export class RuntimeCore implements Kernel, Runtime {
   #clientSequence = 0;
   #running = false;
   #stopping = false;
+  /** Shutdown has drained in-flight work and is closing hosts: take no new deliveries. */
+  #closingHosts = false;
   #sweep: { cancel(): void } | undefined;
   /** Work started outside a host (e.g. parking an orphan) that `settled()` waits for. */
   #orphanWork = new Set<Promise<void>>();
@@ -232,8 +234,8 @@ export class RuntimeCore implements Kernel, Runtime {
   // --- inbound ---------------------------------------------------------------------------
 
   #route(d: Delivery): void {
-    // shutting down: leave it unacknowledged for the next consumer
-    if (this.#stopping && !this.hosts.has(d.to)) return;
+    // hosts are closing for good: leave it unacknowledged for the next consumer
+    if (this.#closingHosts && !this.hosts.has(d.to)) return;
     let host = this.hosts.get(d.to);
     if (host === undefined) {
       const created = this.#createHost(d.to);
@@ -649,6 +651,7 @@ export class RuntimeCore implements Kernel, Runtime {
         "shutdown: in-flight work did not finish in time; unacknowledged messages stay in the inbox",
       );
     }
+    this.#closingHosts = true;
     await Promise.all(
       [...this.hosts.values()].map((h) =>
         h
