@@ -15,9 +15,20 @@ export interface Clock {
 const startWallNs = BigInt(Date.now()) * 1_000_000n;
 const startMono = process.hrtime.bigint();
 
+// BigInt arithmetic allocates: reuse the last value while the microsecond has not moved on
+let lastMicros = -1;
+let lastNs = 0n;
+
 export const systemClock: Clock = {
   now: () => Date.now(),
-  nowNs: () => startWallNs + (process.hrtime.bigint() - startMono),
+  nowNs: () => {
+    const micros = Math.floor(performance.now() * 1000);
+    if (micros !== lastMicros) {
+      lastMicros = micros;
+      lastNs = startWallNs + (process.hrtime.bigint() - startMono);
+    }
+    return lastNs;
+  },
   setTimeout(fn, ms) {
     const t = setTimeout(fn, ms);
     t.unref?.();

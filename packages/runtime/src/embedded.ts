@@ -273,9 +273,9 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
     },
     append(out): Promise<AppendResult> {
       const envelope = "frame" in out ? out.frame.envelope : out.envelope;
-      const now = clock.now();
-      if (seenHead < seenIds.length && now - seenAt[seenHead]! >= windowMs) expireSeen(now);
       if (out.fresh !== true) {
+        const now = clock.now();
+        if (seenHead < seenIds.length && now - seenAt[seenHead]! >= windowMs) expireSeen(now);
         const prior = seen.get(envelope.messageId);
         if (prior !== undefined) return Promise.resolve({ sequence: prior, duplicate: true });
         seen.set(envelope.messageId, sequence + 1);

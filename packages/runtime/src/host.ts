@@ -101,8 +101,8 @@ export abstract class Host implements Emitter {
   }
 
   enqueue(d: Delivery): void {
+    // (lastActivity is stamped when a drain ends; a non-empty mailbox is never idle anyway)
     this.mailbox.push(d);
-    this.lastActivity = this.kernel.clock.now();
     if (
       this.#draining === undefined &&
       this.#backoff === undefined &&
@@ -401,7 +401,7 @@ export abstract class Host implements Emitter {
 
   /** One try of the handler: undefined on success, else the error (or a promise of either). */
   #attempt(event: unknown, info: MessageInfo): unknown {
-    this.pendingOutputs = [];
+    if (this.pendingOutputs.length > 0) this.pendingOutputs = [];
     this.currentInput = info;
     let result: unknown;
     try {
@@ -421,12 +421,14 @@ export abstract class Host implements Emitter {
   #settleAttempt(error: unknown): unknown {
     this.currentInput = undefined;
     if (error === undefined) {
-      for (const f of this.pendingOutputs) this.outputs.push(f);
-      this.pendingOutputs = [];
+      if (this.pendingOutputs.length > 0) {
+        for (const f of this.pendingOutputs) this.outputs.push(f);
+        this.pendingOutputs = [];
+      }
       this.kernel.counters.processed++;
       return undefined;
     }
-    this.pendingOutputs = [];
+    if (this.pendingOutputs.length > 0) this.pendingOutputs = [];
     this.kernel.counters.failed++;
     return error;
   }
