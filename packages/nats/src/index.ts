@@ -1,0 +1,35 @@
+/** @troupe/nats — Troupe on NATS JetStream: the backend, namespaces, and `connect` for clients. */
+
+export {
+  createNatsBackend,
+  type NatsBackend,
+  type NatsBackendOptions,
+  type NatsBackendStats,
+} from "./backend.js";
+export {
+  type ConnectNatsOptions,
+  type ConnectOptions,
+  connect,
+  connectNats,
+  type TroupeClient,
+} from "./connect.js";
+export {
+  addressFromToken,
+  DEFAULT_NAMESPACE,
+  DEFAULT_SHARD_COUNT,
+  type EnsureNamespaceOptions,
+  ensureNamespace,
+  type NamespaceInfo,
+  type NamespaceNames,
+  namespaceNames,
+  shardOfAddress,
+  subjectToken,
+} from "./namespace.js";
+export {
+  checkServer,
+  MIN_SERVER_VERSION,
+  requireServerFeature,
+  ServerFeature,
+  type ServerLimits,
+  serverHas,
+} from "./server.js";
