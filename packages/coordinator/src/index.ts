@@ -1,0 +1,19 @@
+/** @troupe/coordinator — leader lease, membership, shard assignment and handoff, control API. */
+
+export type { Coordinator, CoordinatorOptions } from "./coordinator.js";
+export { createCoordinator } from "./coordinator.js";
+export type { JoinOptions, Membership, ShardOwner } from "./membership.js";
+export { joinCluster } from "./membership.js";
+export { placeShards } from "./placement.js";
+export type {
+  Assignment,
+  ClusterStatus,
+  ControlError,
+  LeaderLease,
+  MemberEntry,
+  ReleaseConfirmation,
+  ShardAssignment,
+  WorkerStatus,
+  WorkerSummary,
+} from "./protocol.js";
+export { controlSubject, workerControlSubject } from "./protocol.js";
