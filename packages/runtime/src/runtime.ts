@@ -623,8 +623,10 @@ export class RuntimeCore implements Kernel, Runtime {
     let quietRounds = 0;
     while (quietRounds < 2) {
       await new Promise<void>((r) => setImmediate(r));
+      // a quarantined host holds its mailbox until release: not work in progress. A BOUND
+      // one is still activating (restoring its snapshot, e.g. from KV) and is.
       const busy = [...this.hosts.values()].filter(
-        (h) => h.busy && h.state === LifecycleState.ACTIVE,
+        (h) => h.busy && (h.state === LifecycleState.ACTIVE || h.state === LifecycleState.BOUND),
       );
       const work = [...this.#orphanWork, ...this.#passivating.values()];
       const undelivered = this.backend.pendingDeliveries?.() ?? 0;
