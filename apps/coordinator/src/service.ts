@@ -1,0 +1,92 @@
+/**
+ * The coordinator service, reusable in-process: connect, ensure the namespace, compete for
+ * the lease and lead; `stop()` steps down so a standby takes over at once.
+ */
+import { type Coordinator, createCoordinator } from "@troupe/coordinator";
+import { connectNats, ensureNamespace } from "@troupe/nats";
+import type { Logger } from "@troupe/runtime";
+
+/** A logger that can make children (pino's shape); libraries get a child each. */
+export interface ParentLogger extends Logger {
+  child(bindings: Record<string, unknown>): ParentLogger;
+}
+
+export interface CoordinatorServiceOptions {
+  servers: string[];
+  namespace: string;
+  /** The namespace's shard count: used when creating it, checked when it exists. */
+  shardCount?: number;
+  replicas?: number;
+  leaseMs?: number;
+  handoffTimeoutMs?: number;
+  id?: string;
+  logger: ParentLogger;
+}
+
+export interface RunningCoordinator {
+  readonly coordinator: Coordinator;
+  readonly shardCount: number;
+  /** Step down, drain the connection. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export async function startCoordinatorService(
+  options: CoordinatorServiceOptions,
+): Promise<RunningCoordinator> {
+  const log = options.logger;
+  const nc = await connectNats(options.servers, {
+    name: `troupe-coordinator${options.id === undefined ? "" : `-${options.id}`}`,
+    logger: log.child({ component: "nats" }),
+  });
+  try {
+    const ensure: { namespace: string; shardCount?: number; replicas?: number } = {
+      namespace: options.namespace,
+    };
+    if (options.shardCount !== undefined) ensure.shardCount = options.shardCount;
+    if (options.replicas !== undefined) ensure.replicas = options.replicas;
+    const { shardCount } = await ensureNamespace(nc, {
+      ...ensure,
+      logger: log.child({ component: "namespace" }),
+    });
+    const coordinator = createCoordinator({
+      nc,
+      namespace: options.namespace,
+      logger: log.child({ component: "coordinator" }),
+      ...(options.id === undefined ? {} : { id: options.id }),
+      ...(options.leaseMs === undefined ? {} : { leaseMs: options.leaseMs }),
+      ...(options.handoffTimeoutMs === undefined
+        ? {}
+        : { handoffTimeoutMs: options.handoffTimeoutMs }),
+    });
+    await coordinator.start();
+    log.info(
+      { coordinator: coordinator.id, namespace: options.namespace, shardCount },
+      "coordinator service started",
+    );
+    let stopping: Promise<void> | undefined;
+    const stop = async (): Promise<void> => {
+      try {
+        await coordinator.stop();
+      } catch (err) {
+        log.error({ err }, "could not step down");
+      }
+      try {
+        await nc.drain();
+      } catch (err) {
+        log.error({ err }, "could not drain the NATS connection");
+      }
+      log.info({ coordinator: coordinator.id }, "coordinator service stopped");
+    };
+    return {
+      coordinator,
+      shardCount,
+      stop() {
+        stopping ??= stop();
+        return stopping;
+      },
+    };
+  } catch (e) {
+    await nc.close().catch(() => {});
+    throw e;
+  }
+}

@@ -1,0 +1,87 @@
+import { createCoordinator } from "@troupe/coordinator";
+import { type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import { isTroupeError } from "@troupe/wire";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ParentLogger, startCoordinatorService } from "../src/service.js";
+
+const quiet: ParentLogger = {
+  debug() {},
+  info() {},
+  warn() {},
+  error() {},
+  child: () => quiet,
+};
+
+let server: NatsServerHandle;
+
+beforeAll(async () => {
+  server = await startNatsServer();
+});
+
+afterAll(async () => {
+  await server?.cleanup();
+});
+
+describe("startCoordinatorService", () => {
+  it("creates the namespace, leads, and steps down on stop", async () => {
+    const a = await startCoordinatorService({
+      servers: [server.url],
+      namespace: "svc",
+      shardCount: 8,
+      leaseMs: 600,
+      id: "svc-a",
+      logger: quiet,
+    });
+    expect(a.shardCount).toBe(8);
+    const deadline = Date.now() + 5000;
+    while (!a.coordinator.isLeader && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(a.coordinator.isLeader).toBe(true);
+    const status = await a.coordinator.status();
+    expect(status).toMatchObject({ namespace: "svc", shardCount: 8, leader: "svc-a" });
+
+    // a standby without --shards takes the stored count
+    const b = await startCoordinatorService({
+      servers: [server.url],
+      namespace: "svc",
+      leaseMs: 600,
+      id: "svc-b",
+      logger: quiet,
+    });
+    expect(b.shardCount).toBe(8);
+    expect(b.coordinator.isLeader).toBe(false);
+    const t0 = performance.now();
+    await a.stop();
+    while (!b.coordinator.isLeader && performance.now() - t0 < 5000) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(b.coordinator.isLeader).toBe(true);
+    expect(performance.now() - t0).toBeLessThan(600);
+    await b.stop();
+    await b.stop(); // idempotent
+  });
+
+  it("refuses a shard count other than the namespace's (CONFIG_ERROR)", async () => {
+    const a = await startCoordinatorService({
+      servers: [server.url],
+      namespace: "fixed",
+      shardCount: 4,
+      logger: quiet,
+    });
+    const err = await startCoordinatorService({
+      servers: [server.url],
+      namespace: "fixed",
+      shardCount: 16,
+      logger: quiet,
+    }).catch((e: unknown) => e);
+    expect(isTroupeError(err) && err.code).toBe("CONFIG_ERROR");
+    await a.stop();
+  });
+
+  it("createCoordinator refuses bad settings", () => {
+    const nc = {} as never;
+    expect(() => createCoordinator({ nc, namespace: "x", id: "has.dot" })).toThrow(/invalid/);
+    expect(() => createCoordinator({ nc, namespace: "x", leaseMs: 1 })).toThrow(/leaseMs/);
+  });
+});

@@ -1,0 +1,164 @@
+/**
+ * The worker, reusable in-process: connect, ensure the namespace, host the agents on the
+ * JetStream backend and join the cluster; `stop()` drains (hands shards back) and closes.
+ */
+import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { joinCluster, type Membership } from "@troupe/coordinator";
+import { connectNats, createNatsBackend, ensureNamespace } from "@troupe/nats";
+import { type AgentDefinition, createRuntime, type Logger, type Runtime } from "@troupe/runtime";
+import { ErrorCode, TroupeError } from "@troupe/wire";
+
+/** A logger that can make children (pino's shape); libraries get a child each. */
+export interface ParentLogger extends Logger {
+  child(bindings: Record<string, unknown>): ParentLogger;
+}
+
+export interface WorkerOptions {
+  /** NATS server URLs. */
+  servers: string[];
+  namespace: string;
+  agents: readonly AgentDefinition[];
+  /** Worker id (default: host name, pid and a random suffix). */
+  id?: string;
+  /** Stream and bucket replicas when this worker creates the namespace (1 or 3). */
+  replicas?: number;
+  heartbeatMs?: number;
+  leaseMs?: number;
+  logger: ParentLogger;
+}
+
+export interface RunningWorker {
+  readonly id: string;
+  readonly runtime: Runtime;
+  readonly membership: Membership;
+  readonly shardCount: number;
+  /** Drain (hand every shard back), shut the runtime down, drain the connection. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
+  const log = options.logger;
+  if (options.agents.length === 0) {
+    throw new TroupeError(ErrorCode.CONFIG_ERROR, "a worker needs at least one agent definition");
+  }
+  const nc = await connectNats(options.servers, {
+    name: `troupe-worker${options.id === undefined ? "" : `-${options.id}`}`,
+    logger: log.child({ component: "nats" }),
+  });
+  try {
+    const ensureOptions: { namespace: string; replicas?: number } = {
+      namespace: options.namespace,
+    };
+    if (options.replicas !== undefined) ensureOptions.replicas = options.replicas;
+    const namespaceInfo = await ensureNamespace(nc, {
+      ...ensureOptions,
+      logger: log.child({ component: "namespace" }),
+    });
+    const { shardCount } = namespaceInfo;
+    const backend = await createNatsBackend({
+      nc,
+      namespaceInfo,
+      logger: log.child({ component: "backend" }),
+    });
+    const runtime = await createRuntime({
+      agents: options.agents,
+      backend,
+      logger: log.child({ component: "runtime" }),
+      // frames must fit in one NATS message
+      limits: { maxFrameBytes: backend.maxFrameBytes },
+    });
+    let membership: Membership;
+    try {
+      membership = await joinCluster({
+        nc,
+        namespace: options.namespace,
+        backend,
+        runtime,
+        agentTypes: options.agents.map((a) => a.type),
+        logger: log.child({ component: "membership" }),
+        ...(options.id === undefined ? {} : { id: options.id }),
+        ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
+        ...(options.leaseMs === undefined ? {} : { leaseMs: options.leaseMs }),
+      });
+    } catch (e) {
+      await runtime.shutdown().catch(() => {});
+      throw e;
+    }
+    log.info(
+      {
+        worker: membership.id,
+        namespace: options.namespace,
+        shardCount,
+        agentTypes: options.agents.map((a) => a.type),
+      },
+      "worker started",
+    );
+    let stopping: Promise<void> | undefined;
+    const stop = async (): Promise<void> => {
+      const t0 = Date.now();
+      log.info({ worker: membership.id }, "worker stopping: draining");
+      await step(log, "leave the cluster", () => membership.leave());
+      await step(log, "shut the runtime down", () => runtime.shutdown());
+      await step(log, "drain the NATS connection", () => nc.drain());
+      log.info({ worker: membership.id, ms: Date.now() - t0 }, "worker stopped");
+    };
+    return {
+      id: membership.id,
+      runtime,
+      membership,
+      shardCount,
+      stop() {
+        stopping ??= stop();
+        return stopping;
+      },
+    };
+  } catch (e) {
+    await nc.close().catch(() => {});
+    throw e;
+  }
+}
+
+async function step(log: Logger, what: string, fn: () => Promise<unknown>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    log.error({ err }, `could not ${what}`);
+  }
+}
+
+const isAgentDefinition = (v: unknown): v is AgentDefinition =>
+  typeof v === "object" && v !== null && (v as { kind?: unknown }).kind === "troupe.agent";
+
+/**
+ * Imports ES modules and collects every export that is an agent definition
+ * (`defineAgent(...)` result). A module that exports none is a configuration error.
+ */
+export async function loadAgents(paths: readonly string[]): Promise<AgentDefinition[]> {
+  if (paths.length === 0) {
+    throw new TroupeError(ErrorCode.CONFIG_ERROR, "no agent modules given (--agents <path...>)");
+  }
+  const found = new Set<AgentDefinition>();
+  for (const path of paths) {
+    const url = pathToFileURL(resolve(path)).href;
+    let mod: Record<string, unknown>;
+    try {
+      mod = (await import(url)) as Record<string, unknown>;
+    } catch (e) {
+      throw new TroupeError(
+        ErrorCode.CONFIG_ERROR,
+        `cannot load agent module ${path}: ${e instanceof Error ? e.message : String(e)}`,
+        { cause: e },
+      );
+    }
+    const defs = Object.values(mod).filter(isAgentDefinition);
+    if (defs.length === 0) {
+      throw new TroupeError(
+        ErrorCode.CONFIG_ERROR,
+        `${path} exports no agent definitions (export the results of defineAgent(...))`,
+      );
+    }
+    for (const d of defs) found.add(d);
+  }
+  return [...found];
+}
