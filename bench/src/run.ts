@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { clusterBench } from "./cluster.js";
 import { runCryptoBench } from "./crypto.js";
 import { rawXState, troupeEmbedded } from "./embedded.js";
 
@@ -62,6 +63,41 @@ async function main(): Promise<void> {
     })),
   );
 
+  let cluster: Record<string, unknown> | undefined;
+  if (process.argv.includes("--no-cluster")) {
+    console.log("Cluster: skipped (--no-cluster)\n");
+  } else {
+    const clusterMessages = quick ? 10_000 : 50_000;
+    try {
+      const c = await clusterBench(clusterMessages, runs);
+      const raw = median(c.rawPerSec);
+      const troupe = median(c.troupePerSec);
+      cluster = {
+        messages: clusterMessages,
+        rawPerSec: raw,
+        troupePerSec: troupe,
+        ratio: troupe / raw,
+      };
+      console.log(
+        "Cluster (one local nats-server, file storage): durable messages/s, 256 B payloads, 100 agents",
+      );
+      console.table([
+        {
+          scenario: "raw nats.js JetStream publish → consume → ack",
+          "msgs/s": fmt(raw),
+          "vs raw": "1.00",
+        },
+        {
+          scenario: "Troupe agents on NATS (send → handle → snapshot → ack)",
+          "msgs/s": fmt(troupe),
+          "vs raw": (troupe / raw).toFixed(2),
+        },
+      ]);
+    } catch (e) {
+      console.log(`Cluster: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
+    }
+  }
+
   const crypto = await runCryptoBench();
   console.log("Wire: frames at 256 B payloads");
   console.table(
@@ -72,7 +108,7 @@ async function main(): Promise<void> {
   mkdirSync(out, { recursive: true });
   writeFileSync(
     join(out, "latest.json"),
-    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, wire: crypto }, null, 2)}\n`,
+    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, cluster, wire: crypto }, null, 2)}\n`,
   );
   console.log(`\nwritten: bench/results/latest.json`);
 }
