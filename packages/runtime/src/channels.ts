@@ -7,7 +7,9 @@ import { randomBytes } from "node:crypto";
 import {
   deriveChannelKey,
   ErrorCode,
+  type ErrorInfo,
   type Frame,
+  fromErrorInfo,
   generateKeyPair,
   newMessageId,
   sealFrame,
@@ -33,6 +35,27 @@ export interface ChannelMessage {
 
 /** A plain function as a message endpoint. A throw (or rejection) is a handler failure. */
 export type Callable = (message: ChannelMessage) => void | Promise<void>;
+
+/**
+ * A failure reported back to an endpoint about a message it sent: the peer refused it
+ * (`REPLAY_DETECTED`, `CRYPTO_ERROR`, …), or its handler failed on it after all retries and the
+ * peer is now quarantined (`QUARANTINE_TRIGGERED`).
+ */
+export interface ChannelError {
+  error: TroupeError;
+  /** The id of the message that failed: the `messageId` of its Receipt. */
+  messageId: string | undefined;
+  /** Who reported it: the peer's agent id (empty when the runtime itself reported it). */
+  from: Uint8Array;
+}
+
+export interface BindOptions {
+  /**
+   * Called with failures of messages this endpoint sent. Without it they are logged. A throw
+   * (or rejection) is a handler failure of this endpoint, as for the callable.
+   */
+  onError?: (failure: ChannelError) => void | Promise<void>;
+}
 
 export interface ChannelInfo {
   channelId: string;
@@ -77,6 +100,28 @@ class CallableHost extends Host {
   }
 
   protected apply(event: unknown, info: MessageInfo): unknown {
+    if (info.kind === "error") {
+      // a notice about a message this endpoint sent: not a failure of its own
+      const error = fromErrorInfo(event as ErrorInfo);
+      const onError = this.handle.options.onError;
+      if (onError === undefined) {
+        this.kernel.logger.warn(
+          { agent: this.address, from: info.from, code: error.code },
+          `a message sent from here failed: ${error.message}`,
+        );
+        return undefined;
+      }
+      try {
+        const r = onError({
+          error,
+          messageId: info.correlationId,
+          from: this.handle.runtime.peerIdOf(info.from),
+        });
+        return r instanceof Promise ? r : undefined;
+      } catch (e) {
+        return e ?? new Error("onError failed");
+      }
+    }
     if (!(event instanceof Uint8Array) || info.channel === undefined) {
       return new TroupeError(ErrorCode.INVALID_STATE, "a bound callable takes bytes on a channel");
     }
@@ -113,11 +158,13 @@ class BoundHandleImpl implements BoundHandle {
   readonly privateKey: Uint8Array;
   readonly runtime: ChannelRuntime;
   readonly callable: Callable;
+  readonly options: BindOptions;
   readonly host: CallableHost;
 
-  constructor(runtime: ChannelRuntime, callable: Callable) {
+  constructor(runtime: ChannelRuntime, callable: Callable, options: BindOptions) {
     this.runtime = runtime;
     this.callable = callable;
+    this.options = options;
     this.agentId = new Uint8Array(randomBytes(32));
     this.address = ADDRESS_PREFIX + toHex(this.agentId);
     const kp = generateKeyPair();
@@ -235,10 +282,13 @@ function impl(handle: BoundHandle): BoundHandleImpl {
 }
 
 /** Binds a plain function as an endpoint. Its state starts BOUND; ACTIVE once on a channel. */
-export function bind(runtime: Runtime, callable: Callable): BoundHandle {
+export function bind(runtime: Runtime, callable: Callable, options: BindOptions = {}): BoundHandle {
   const c = core(runtime);
   if (typeof callable !== "function") {
     throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "bind() needs a function");
+  }
+  if (options?.onError !== undefined && typeof options.onError !== "function") {
+    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "bind(): onError must be a function");
   }
   if (!c.running) throw new TroupeError(ErrorCode.INVALID_STATE, "the runtime is shut down");
   let reg = registries.get(c);
@@ -246,7 +296,7 @@ export function bind(runtime: Runtime, callable: Callable): BoundHandle {
     reg = new ChannelRuntime(c);
     registries.set(c, reg);
   }
-  const handle = new BoundHandleImpl(reg, callable);
+  const handle = new BoundHandleImpl(reg, callable, { ...options });
   reg.add(handle);
   c.registerHost(handle.host);
   return handle;

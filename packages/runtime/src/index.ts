@@ -30,7 +30,14 @@ export type {
   SnapshotStore,
   StoredSnapshot,
 } from "./backend.js";
-export type { BoundHandle, Callable, ChannelInfo, ChannelMessage } from "./channels.js";
+export type {
+  BindOptions,
+  BoundHandle,
+  Callable,
+  ChannelError,
+  ChannelInfo,
+  ChannelMessage,
+} from "./channels.js";
 export { bind, channels, send, status, unbind } from "./channels.js";
 export type { Clock, ManualClock, Timer } from "./clock.js";
 export { createManualClock, systemClock } from "./clock.js";

@@ -94,6 +94,14 @@ function openStage({ limits, channels }: StageDeps): Stage {
         if (ctx.frame === undefined) {
           throw new TroupeError(ErrorCode.CRYPTO_ERROR, "sealed frame names no channel");
         }
+        // a bound endpoint (`#<id>`) takes bytes on its channels, and notices of failures of
+        // what it sent: anything else is refused here, not counted against its handler
+        if (ctx.to.startsWith("#") && env.kind !== "error") {
+          throw new TroupeError(
+            ErrorCode.CHANNEL_NOT_FOUND,
+            `${ctx.to} takes messages on a channel only`,
+          );
+        }
         return undefined;
       }
       const channel = channels.get(env.channel);

@@ -1,9 +1,12 @@
 import { encodeFrame, openFrame, sealFrame } from "@troupe/wire";
 import { describe, expect, it } from "vitest";
 import {
+  type Backend,
   bind,
+  type ChannelError,
   type ChannelMessage,
   channels,
+  createEmbeddedBackend,
   createRuntime,
   ErrorCode,
   send,
@@ -200,6 +203,177 @@ describe("channel API (bind / establishChannel / send / channels / status / unbi
     expect(await runtime.release(b.address)).toBe(2);
     await runtime.settled();
     expect(got).toEqual(["ok1", "bad", "ok2"]);
+    await runtime.shutdown();
+  });
+});
+
+describe("channel API: failures reported to the sender, transport and storage errors, concurrency", () => {
+  it("a peer quarantined by a message reports QUARANTINE_TRIGGERED to its sender, which stays ACTIVE", async () => {
+    const runtime = await createRuntime({ retryDelayMs: 1, maxRetries: 2 });
+    const failures: ChannelError[] = [];
+    const a = bind(runtime, () => {}, { onError: (f) => void failures.push(f) });
+    const b = bind(runtime, (m) => {
+      if (text(m.bytes) === "bad") throw new Error("cannot take it");
+    });
+    const id = await a.establishChannel(b.agentId);
+    const receipt = await send(a, id, bytes("bad"));
+    await runtime.settled();
+    expect(await status(b)).toMatchObject({ state: "QUARANTINED", pendingMessageCount: 1 });
+    expect(failures).toHaveLength(1);
+    expect(failures[0]!.error).toBeInstanceOf(TroupeError);
+    expect(failures[0]!.error.code).toBe(ErrorCode.QUARANTINE_TRIGGERED);
+    expect(failures[0]!.messageId).toBe(receipt.messageId);
+    expect(failures[0]!.from).toEqual(b.agentId);
+    // the notice is not a failure of the sender's own: it is not quarantined with its peer
+    expect(await status(a)).toMatchObject({ state: "ACTIVE", pendingMessageCount: 0 });
+    expect((await runtime.quarantined()).map((q) => q.address)).toEqual([b.address]);
+    await runtime.shutdown();
+  });
+
+  it("without onError the notice is only logged: the sender keeps working", async () => {
+    const runtime = await createRuntime({ retryDelayMs: 1, maxRetries: 0 });
+    const got: string[] = [];
+    const a = bind(runtime, (m) => {
+      got.push(text(m.bytes));
+    });
+    const b = bind(runtime, () => {
+      throw new Error("always fails");
+    });
+    const id = await a.establishChannel(b.agentId);
+    await send(a, id, bytes("x"));
+    await runtime.settled();
+    expect((await status(b)).state).toBe("QUARANTINED");
+    expect(await status(a)).toMatchObject({ state: "ACTIVE", pendingMessageCount: 0 });
+    expect(runtime.stats().quarantines).toBe(1);
+    expect(got).toEqual([]);
+    await runtime.shutdown();
+  });
+
+  it("a sender is told when its frame is refused as a replay (REPLAY_DETECTED)", async () => {
+    const runtime = await createRuntime();
+    const codes: string[] = [];
+    const a = bind(runtime, () => {}, { onError: (f) => void codes.push(f.error.code) });
+    const b = bind(runtime, () => {});
+    const key = new Uint8Array(32).fill(3);
+    const id = await a.establishChannel(b.agentId, key);
+    await send(a, id, bytes("one"));
+    await runtime.settled();
+    const envelope = {
+      version: 1,
+      kind: "event" as const,
+      messageId: "again-1",
+      from: a.address,
+      to: b.address,
+      channel: id,
+      sequence: 1,
+      timestampNs: 1n,
+    };
+    const replay = sealFrame({ envelope, message: { kind: "bytes", payload: bytes("one") } }, key);
+    await runtime.backend.append({ bytes: replay, envelope });
+    await runtime.settled();
+    expect(codes).toEqual([ErrorCode.REPLAY_DETECTED]);
+    expect((await status(a)).state).toBe("ACTIVE");
+    expect(() => bind(runtime, () => {}, { onError: 1 as never })).toThrow(TroupeError);
+    await runtime.shutdown();
+  });
+
+  it("plain frames addressed to an endpoint are parked (CHANNEL_NOT_FOUND), not held against it", async () => {
+    const runtime = await createRuntime({ retryDelayMs: 1, maxRetries: 0 });
+    const got: string[] = [];
+    const a = bind(runtime, () => {});
+    const b = bind(runtime, (m) => {
+      got.push(text(m.bytes));
+    });
+    const id = await a.establishChannel(b.agentId);
+    const frame = {
+      envelope: {
+        version: 1,
+        kind: "event" as const,
+        messageId: "plain-1",
+        from: "~someone",
+        to: b.address,
+        sequence: 1,
+        timestampNs: 1n,
+      },
+      message: { kind: "data" as const, payload: { type: "hello" } },
+    };
+    await runtime.backend.append({ frame });
+    const second = { ...frame, envelope: { ...frame.envelope, messageId: "plain-2" } };
+    await runtime.backend.append({ bytes: encodeFrame(second), envelope: second.envelope });
+    await send(a, id, bytes("still works"));
+    await runtime.settled();
+    expect((await runtime.parked()).map((p) => p.code)).toEqual([
+      ErrorCode.CHANNEL_NOT_FOUND,
+      ErrorCode.CHANNEL_NOT_FOUND,
+    ]);
+    expect((await status(b)).state).toBe("ACTIVE");
+    expect(got).toEqual(["still works"]);
+    await runtime.shutdown();
+  });
+
+  it("send gives TRANSPORT_ERROR (retryable) when the inbox cannot be reached, and passes STORAGE_ERROR on", async () => {
+    const inner = createEmbeddedBackend();
+    let mode: "ok" | "transport" | "storage" = "ok";
+    const flaky: Backend = Object.create(inner, {
+      append: {
+        value: (out: Parameters<Backend["append"]>[0]) => {
+          if (mode === "transport") return Promise.reject(new Error("link down"));
+          if (mode === "storage")
+            return Promise.reject(new TroupeError(ErrorCode.STORAGE_ERROR, "inbox store is full"));
+          return inner.append(out);
+        },
+      },
+    });
+    const runtime = await createRuntime({ backend: flaky });
+    const got: string[] = [];
+    const a = bind(runtime, () => {});
+    const b = bind(runtime, (m) => {
+      got.push(text(m.bytes));
+    });
+    const id = await a.establishChannel(b.agentId);
+    mode = "transport";
+    const e = await send(a, id, bytes("lost")).catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(TroupeError);
+    expect((e as TroupeError).code).toBe(ErrorCode.TRANSPORT_ERROR);
+    expect((e as TroupeError).retryable).toBe(true);
+    mode = "storage";
+    await expectAsyncCode(send(a, id, bytes("lost too")), ErrorCode.STORAGE_ERROR);
+    mode = "ok";
+    await send(a, id, bytes("arrives"));
+    await runtime.settled();
+    expect(got).toEqual(["arrives"]);
+    await runtime.shutdown();
+  });
+
+  it("one message at a time per endpoint, many endpoints at once", async () => {
+    const runtime = await createRuntime();
+    let inFlight = 0;
+    let maxInFlight = 0;
+    const perEndpoint = [0, 0, 0, 0];
+    const maxPerEndpoint = [0, 0, 0, 0];
+    const got: string[][] = [[], [], [], []];
+    const a = bind(runtime, () => {});
+    const receivers = [0, 1, 2, 3].map((i) =>
+      bind(runtime, async (m) => {
+        inFlight++;
+        perEndpoint[i]!++;
+        maxInFlight = Math.max(maxInFlight, inFlight);
+        maxPerEndpoint[i] = Math.max(maxPerEndpoint[i]!, perEndpoint[i]!);
+        await new Promise((r) => setTimeout(r, 1));
+        got[i]!.push(text(m.bytes));
+        perEndpoint[i]!--;
+        inFlight--;
+      }),
+    );
+    const ids = await Promise.all(receivers.map((r) => a.establishChannel(r.agentId)));
+    for (let n = 0; n < 20; n++) {
+      for (const id of ids) await send(a, id, bytes(String(n)));
+    }
+    await runtime.settled();
+    const expected = Array.from({ length: 20 }, (_, n) => String(n));
+    expect(got).toEqual([expected, expected, expected, expected]);
+    expect(maxPerEndpoint).toEqual([1, 1, 1, 1]);
+    expect(maxInFlight).toBeGreaterThan(1);
     await runtime.shutdown();
   });
 });

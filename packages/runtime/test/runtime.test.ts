@@ -459,3 +459,80 @@ describe("runtime (embedded): lifecycle edges", () => {
     await runtime.shutdown();
   });
 });
+
+describe("runtime (embedded): defaults and errors outside message handling", () => {
+  /** Lets deliveries (setImmediate) and microtasks run without moving the manual clock. */
+  async function turns(n = 10): Promise<void> {
+    for (let i = 0; i < n; i++) await new Promise<void>((r) => setImmediate(r));
+  }
+
+  it("by default retries 3 times after 100, 200 and 400 ms, then quarantines", async () => {
+    const { createManualClock } = await import("../src/index.js");
+    const clock = createManualClock();
+    const runtime = await createRuntime({ agents: [counter], clock });
+    const ref = runtime.ref("counter", "defaults");
+    await ref.send({ type: "fail" });
+    await turns();
+    expect(runtime.stats()).toMatchObject({ failed: 1, retries: 1, quarantines: 0 });
+    for (const delay of [100, 200, 400]) {
+      const failed = runtime.stats().failed;
+      await clock.advance(delay - 1);
+      await turns();
+      expect(runtime.stats().failed).toBe(failed); // not yet
+      await clock.advance(1);
+      await turns();
+      expect(runtime.stats().failed).toBe(failed + 1);
+    }
+    expect(runtime.stats()).toMatchObject({ failed: 4, retries: 3, quarantines: 1 });
+    expect(await ref.status()).toMatchObject({ state: "QUARANTINED", pendingMessageCount: 1 });
+    expect((await runtime.quarantined())[0]?.reason).toContain("handler failed 4 times");
+    await runtime.shutdown();
+  });
+
+  it("hooks are off by default", async () => {
+    const runtime = await createRuntime({ agents: [counter] });
+    expect(() => runtime.use({ name: "x", order: 1, run: () => undefined })).toThrow(TroupeError);
+    await runtime.shutdown();
+  });
+
+  it("an error thrown outside message handling (a delayed action) never kills the host", async () => {
+    let thrown = 0;
+    const late = defineAgent({
+      type: "late",
+      machine: setup({ types: { context: {} as { n: number } } }).createMachine({
+        context: { n: 0 },
+        initial: "idle",
+        states: {
+          idle: { on: { arm: "armed" } },
+          armed: {
+            after: {
+              5: {
+                target: "idle",
+                actions: () => {
+                  thrown++;
+                  throw new Error("late boom");
+                },
+              },
+            },
+          },
+        },
+        on: {
+          inc: { actions: assign({ n: ({ context }) => context.n + 1 }) },
+          get: { actions: reply(({ context }) => ({ type: "value", value: context.n })) },
+        },
+      }),
+    });
+    const runtime = await createRuntime({ agents: [late] });
+    const ref = runtime.ref("late", "x");
+    await ref.send({ type: "inc" });
+    await ref.send({ type: "arm" });
+    await runtime.settled();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(thrown).toBe(1);
+    // restarted from its last stored state; still taking messages
+    expect((await ref.status()).state).toBe("ACTIVE");
+    await ref.send({ type: "inc" });
+    expect(await ref.request({ type: "get" })).toEqual({ type: "value", value: 2 });
+    await runtime.shutdown();
+  });
+});

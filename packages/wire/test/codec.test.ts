@@ -798,3 +798,25 @@ describe("decoding hostile input", () => {
 function concat(...parts: Uint8Array[]): Uint8Array {
   return new Uint8Array(Buffer.concat(parts));
 }
+
+describe("the default frame limit", () => {
+  it("is 1 MiB: a frame of exactly 1 MiB passes, one byte more is refused both ways", () => {
+    expect(DEFAULT_LIMITS.maxFrameBytes).toBe(1024 * 1024);
+    const withBytes = (n: number) =>
+      sampleFrame({ message: { kind: "bytes", payload: new Uint8Array(n).fill(7) } });
+    // above 64 KiB a binary has a 5-byte header: the frame grows byte for byte with it
+    const overhead = encodeFrame(withBytes(100_000)).length - 100_000;
+    const fits = 1024 * 1024 - overhead;
+    const exact = encodeFrame(withBytes(fits));
+    expect(exact.length).toBe(1024 * 1024);
+    expect((decodeFrame(exact).message.payload as Uint8Array).length).toBe(fits);
+    expect(peekEnvelope(exact).envelope.messageId).toBe("m-0001");
+    expectCode(() => encodeFrame(withBytes(fits + 1)), ErrorCode.LIMIT_EXCEEDED);
+    const roomy = { ...DEFAULT_LIMITS, maxFrameBytes: 2 * 1024 * 1024 };
+    const over = encodeFrame(withBytes(fits + 1), roomy);
+    expect(over.length).toBe(1024 * 1024 + 1);
+    expect(decodeFrame(over, roomy)).toBeTruthy();
+    expectCode(() => decodeFrame(over), ErrorCode.LIMIT_EXCEEDED, /maxFrameBytes/);
+    expectCode(() => peekEnvelope(over), ErrorCode.LIMIT_EXCEEDED, /maxFrameBytes/);
+  });
+});
