@@ -1,17 +1,11 @@
 #!/usr/bin/env node
-import { ErrorCode, isTroupeError } from "@troupe/wire";
 /** troupe-worker: hosts the agents of the shards the coordinator assigns to it. */
-import { Command, InvalidArgumentError, Option } from "commander";
+import { ErrorCode, isTroupeError } from "@troupe/wire";
+import { Command, Option } from "commander";
 import { pino } from "pino";
 import { loadAgents, type RunningWorker, startWorker } from "./worker.js";
 
 const EXIT_CONFIG = 2;
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError("must be an integer >= 1");
-  return n;
-}
 
 const program = new Command()
   .name("troupe-worker")
@@ -37,12 +31,6 @@ const program = new Command()
     ),
   )
   .addOption(
-    new Option(
-      "--replicas <n>",
-      "replicas of the streams and buckets if this creates the namespace",
-    ).argParser(positiveInt),
-  )
-  .addOption(
     new Option("--log-level <level>", "log level")
       .env("TROUPE_LOG_LEVEL")
       .choices(["trace", "debug", "info", "warn", "error", "fatal"])
@@ -55,7 +43,6 @@ const opts = program.opts<{
   namespace: string;
   agents: string[] | string;
   id?: string;
-  replicas?: number;
   logLevel: string;
 }>();
 
@@ -89,7 +76,6 @@ async function start(): Promise<RunningWorker> {
     logger,
   };
   if (opts.id !== undefined) options.id = opts.id;
-  if (opts.replicas !== undefined) options.replicas = opts.replicas;
   return startWorker(options);
 }
 

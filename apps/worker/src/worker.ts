@@ -5,7 +5,7 @@
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { joinCluster, type Membership } from "@troupe/coordinator";
-import { connectNats, createNatsBackend, ensureNamespace } from "@troupe/nats";
+import { connectNats, createNatsBackend, openNamespace } from "@troupe/nats";
 import { type AgentDefinition, createRuntime, type Logger, type Runtime } from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
 
@@ -21,8 +21,6 @@ export interface WorkerOptions {
   agents: readonly AgentDefinition[];
   /** Worker id (default: host name, pid and a random suffix). */
   id?: string;
-  /** Stream and bucket replicas when this worker creates the namespace (1 or 3). */
-  replicas?: number;
   heartbeatMs?: number;
   leaseMs?: number;
   logger: ParentLogger;
@@ -47,12 +45,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     logger: log.child({ component: "nats" }),
   });
   try {
-    const ensureOptions: { namespace: string; replicas?: number } = {
+    // the coordinator creates the namespace (shard count, replicas): wait for it
+    const namespaceInfo = await openNamespace(nc, {
       namespace: options.namespace,
-    };
-    if (options.replicas !== undefined) ensureOptions.replicas = options.replicas;
-    const namespaceInfo = await ensureNamespace(nc, {
-      ...ensureOptions,
       logger: log.child({ component: "namespace" }),
     });
     const { shardCount } = namespaceInfo;

@@ -4,20 +4,27 @@
  * Checks exact counts, per-sender order and no duplicates while a worker restarts under
  * load and the leader coordinator exits.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
+import { join } from "node:path";
 import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
 import type { ClusterStatus } from "@troupe/coordinator";
 import { connect, type TroupeClient } from "@troupe/nats";
 import { type NatsClusterHandle, startNatsCluster } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  balancedOver,
+  buildApps,
+  COORDINATOR_MAIN,
+  clusterStatus,
+  logTail,
+  procs,
+  repo,
+  spawnNode,
+  stopAll,
+  stopProc,
+  WORKER_MAIN,
+  waitFor,
+} from "./procs.js";
 
-const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
-const WORKER_MAIN = join(repo, "apps/worker/dist/main.js");
-const COORDINATOR_MAIN = join(repo, "apps/coordinator/dist/main.js");
 const FIXTURE = join(repo, "apps/worker/test/fixtures/ordered-counter.mjs");
 
 const NAMESPACE = "proc";
@@ -27,110 +34,12 @@ const AGENTS = 200;
 const INCREMENTS = 50;
 const SENDERS = 4;
 
-/** Builds the apps (turbo: a cache hit when nothing changed); stale dists would mislead. */
-async function buildApps(): Promise<void> {
-  const t0 = performance.now();
-  try {
-    await promisify(execFile)(
-      "npx",
-      [
-        "turbo",
-        "run",
-        "build",
-        "--filter=@troupe/worker",
-        "--filter=@troupe/coordinator-service",
-        "--filter=@troupe/example-counter",
-        "--output-logs=errors-only",
-      ],
-      { cwd: repo, timeout: 240_000, maxBuffer: 16 * 1024 * 1024 },
-    );
-  } catch (e) {
-    const out = (e as { stdout?: string; stderr?: string }).stdout ?? "";
-    if (![WORKER_MAIN, COORDINATOR_MAIN].every(existsSync)) {
-      throw new Error(`build failed and no dist to fall back on:\n${out.slice(-4000)}`);
-    }
-    console.warn(`build failed; testing the existing dist:\n${out.slice(-2000)}`);
-  }
-  console.log(`build: ${(performance.now() - t0).toFixed(0)} ms`);
-}
-
-interface Proc {
-  name: string;
-  child: ChildProcess;
-  /** Exit code (or the signal's name) once the process has exited. */
-  exited: Promise<number | string>;
-  logs: string[];
-}
-
-const procs: Proc[] = [];
-
-function spawnNode(name: string, script: string, args: string[]): Proc {
-  const child = spawn(process.execPath, [script, ...args], {
-    cwd: repo,
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, TROUPE_LOG_LEVEL: "info" },
-  });
-  const logs: string[] = [];
-  let partial = "";
-  const take = (chunk: Buffer) => {
-    const lines = (partial + chunk.toString("utf8")).split("\n");
-    partial = lines.pop() ?? "";
-    for (const l of lines) {
-      logs.push(l);
-      if (logs.length > 2000) logs.shift();
-    }
-  };
-  child.stdout?.on("data", take);
-  child.stderr?.on("data", take);
-  const exited = new Promise<number | string>((r) =>
-    child.on("exit", (code, signal) => r(code ?? signal ?? "unknown")),
-  );
-  const proc = { name, child, exited, logs };
-  procs.push(proc);
-  return proc;
-}
-
-function logTail(p: Proc, n = 40): string {
-  return `--- ${p.name} (pid ${p.child.pid}) ---\n${p.logs.slice(-n).join("\n")}`;
-}
-
-async function stopProc(p: Proc, signal: NodeJS.Signals = "SIGTERM"): Promise<number | string> {
-  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill(signal);
-  const timer = setTimeout(() => p.child.kill("SIGKILL"), 30_000);
-  try {
-    return await p.exited;
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function waitFor<T>(
-  what: string,
-  check: () => T | undefined | false | Promise<T | undefined | false>,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 let cluster: NatsClusterHandle;
 let nc: NatsConnection;
 const clients: TroupeClient[] = [];
 
-async function status(timeoutMs = 1000): Promise<ClusterStatus | undefined> {
-  try {
-    const m = await nc.request(`troupe.${NAMESPACE}.ctl.status`, "", { timeout: timeoutMs });
-    const s = m.json<ClusterStatus | { error: unknown }>();
-    return "error" in s ? undefined : s;
-  } catch {
-    return undefined;
-  }
-}
+const status = (timeoutMs = 1000): Promise<ClusterStatus | undefined> =>
+  clusterStatus(nc, NAMESPACE, timeoutMs);
 
 const natsArgs = () => ["--nats", cluster.urls.join(","), "--namespace", NAMESPACE];
 const startCoordinator = (id: string) =>
@@ -146,16 +55,7 @@ const startCoordinator = (id: string) =>
     id,
   ]);
 const startWorker = (id: string) =>
-  spawnNode(id, WORKER_MAIN, [...natsArgs(), "--replicas", "3", "--agents", FIXTURE, "--id", id]);
-
-function balancedOver(s: ClusterStatus | undefined, ids: string[]): boolean {
-  if (s === undefined || s.unassigned.length > 0) return false;
-  const floor = Math.floor(s.shardCount / ids.length);
-  return ids.every((id) => {
-    const n = s.workers.find((w) => w.id === id)?.shards.length ?? 0;
-    return n === floor || n === floor + 1;
-  });
-}
+  spawnNode(id, WORKER_MAIN, [...natsArgs(), "--agents", FIXTURE, "--id", id]);
 
 interface OrderedValue {
   count: number;
@@ -175,7 +75,7 @@ beforeAll(async () => {
 afterAll(async () => {
   if (process.env.TROUPE_TEST_LOGS === "1") for (const p of procs) console.log(logTail(p, 400));
   await Promise.all(clients.map((c) => c.close().catch(() => {})));
-  await Promise.all(procs.map((p) => stopProc(p, "SIGKILL")));
+  await stopAll();
   await nc?.close().catch(() => {});
   await cluster?.cleanup();
 }, 60_000);

@@ -13,7 +13,7 @@ import { createRuntime, type Logger, type Runtime, type RuntimeConfig } from "@t
 import { ErrorCode, TroupeError } from "@troupe/wire";
 import { createNatsBackend, type NatsBackend } from "./backend.js";
 import { describeNatsError, messageOf } from "./errors.js";
-import { DEFAULT_NAMESPACE, ensureNamespace } from "./namespace.js";
+import { DEFAULT_NAMESPACE, openNamespace } from "./namespace.js";
 
 const noop = () => {};
 const silent: Logger = { debug: noop, info: noop, warn: noop, error: noop };
@@ -160,9 +160,10 @@ export interface ConnectOptions extends Omit<RuntimeConfig, "backend" | "agents"
   name?: string;
   /** When given, the namespace must have this many shards. */
   shardCount?: number;
-  /** Replicas if this call creates the namespace. Default 1. */
-  replicas?: number;
-  /** See ConnectNatsOptions.waitMs: default, wait for ever. */
+  /**
+   * How long to wait for NATS (see ConnectNatsOptions.waitMs) and then for a coordinator to
+   * have created the namespace, ms. Default: wait for ever.
+   */
   waitMs?: number;
   /** How long a send keeps retrying while NATS is unreachable, ms. Default 30,000. */
   appendTimeoutMs?: number;
@@ -191,7 +192,6 @@ export async function connect(options: ConnectOptions): Promise<TroupeClient> {
     namespace = DEFAULT_NAMESPACE,
     name,
     shardCount,
-    replicas,
     waitMs,
     appendTimeoutMs,
     nats,
@@ -207,11 +207,12 @@ export async function connect(options: ConnectOptions): Promise<TroupeClient> {
   let runtime: Runtime;
   let backend: NatsBackend;
   try {
-    const info = await ensureNamespace(nc, {
+    // a client never creates the namespace: the coordinator's shard count and replicas win
+    const info = await openNamespace(nc, {
       namespace,
       logger,
       ...(shardCount === undefined ? {} : { shardCount }),
-      ...(replicas === undefined ? {} : { replicas }),
+      ...(waitMs === undefined ? {} : { waitMs }),
     });
     backend = await createNatsBackend({
       nc,

@@ -19,9 +19,12 @@ export {
   DEFAULT_SHARD_COUNT,
   type EnsureNamespaceOptions,
   ensureNamespace,
+  isNamespaceMissing,
   type NamespaceInfo,
   type NamespaceNames,
   namespaceNames,
+  type OpenNamespaceOptions,
+  openNamespace,
   shardOfAddress,
   subjectToken,
 } from "./namespace.js";

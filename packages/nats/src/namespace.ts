@@ -227,6 +227,15 @@ export interface EnsureNamespaceOptions {
   shardCount?: number;
   /** Replicas of every stream and bucket: 1, or 3 in a cluster. Default 1. */
   replicas?: number;
+  /**
+   * Whether this call may create the namespace (default true). Workers and clients pass false:
+   * the coordinator creates a namespace with the shard count and replicas it is configured
+   * with, and a worker that came up first must not fix other values. A namespace that does
+   * not exist then gives an INVALID_STATE error that `isNamespaceMissing` recognises; the
+   * objects of one that does are checked (and ones missing, e.g. deleted by hand, recreated)
+   * with its own replicas.
+   */
+  create?: boolean;
   /** How long the inbox keeps messages (replay history), ms. Default 7 days. */
   maxAgeMs?: number;
   /** Message-id dedup window of the inbox, ms. Default 2 minutes. */
@@ -531,6 +540,7 @@ async function ensureConfig(
   cluster: KV,
   namespace: string,
   shardCount: number | undefined,
+  mayCreate: boolean,
 ): Promise<{ record: ConfigRecord; created: boolean }> {
   const fresh: ConfigRecord = {
     version: 1,
@@ -538,19 +548,24 @@ async function ensureConfig(
     createdAt: Date.now(),
   };
   for (let attempt = 0; attempt < 5; attempt++) {
-    try {
-      await cluster.create(CONFIG_KEY, JSON.stringify(fresh));
-      return { record: fresh, created: true };
-    } catch (e) {
-      if (!isWrongLastSequence(e)) {
-        throw transportError(`cannot write the config of namespace "${namespace}"`, e);
+    if (mayCreate) {
+      try {
+        await cluster.create(CONFIG_KEY, JSON.stringify(fresh));
+        return { record: fresh, created: true };
+      } catch (e) {
+        if (!isWrongLastSequence(e)) {
+          throw transportError(`cannot write the config of namespace "${namespace}"`, e);
+        }
       }
     }
     const entry = await cluster.get(CONFIG_KEY).catch((e: unknown) => {
       throw transportError(`cannot read the config of namespace "${namespace}"`, e);
     });
-    // deleted between our create and this read: create again
-    if (entry === null || entry.operation !== "PUT") continue;
+    if (entry === null || entry.operation !== "PUT") {
+      if (!mayCreate) throw namespaceMissing(namespace);
+      // deleted between our create and this read: create again
+      continue;
+    }
     const record = parseConfig(entry.value);
     if (record === undefined) {
       throw new TroupeError(
@@ -575,6 +590,73 @@ async function ensureConfig(
   );
 }
 
+function namespaceMissing(namespace: string): TroupeError {
+  return new TroupeError(
+    ErrorCode.INVALID_STATE,
+    `namespace "${namespace}" does not exist yet: a coordinator creates it (troupe-coordinator --namespace ${namespace})`,
+    { retryAfterMs: 1000, details: { namespace, missingNamespace: true } },
+  );
+}
+
+/** True for the error `ensureNamespace({ create: false })` gives when the namespace is not there. */
+export function isNamespaceMissing(e: unknown): boolean {
+  return e instanceof TroupeError && e.details?.missingNamespace === true;
+}
+
+/** The replicas of an existing namespace (its cluster bucket's), or namespaceMissing. */
+async function existingReplicas(jsm: JetStreamManager, names: NamespaceNames): Promise<number> {
+  try {
+    const info = await jsm.streams.info(`KV_${names.clusterBucket}`);
+    return info.config.num_replicas;
+  } catch (e) {
+    if (isStreamNotFound(e)) throw namespaceMissing(names.namespace);
+    throw transportError(`cannot read the cluster bucket of namespace "${names.namespace}"`, e);
+  }
+}
+
+export interface OpenNamespaceOptions {
+  namespace?: string;
+  /** When given, the namespace must have this many shards. */
+  shardCount?: number;
+  /** Give up after waiting this long for the namespace to be created, ms. Default: for ever. */
+  waitMs?: number;
+  logger?: Logger;
+}
+
+/**
+ * Opens a namespace a coordinator creates, waiting (with backoff, saying so once) until it
+ * exists: what workers and clients do, so the coordinator's shard count and replicas win
+ * whatever order processes start in.
+ */
+export async function openNamespace(
+  nc: NatsConnection,
+  options: OpenNamespaceOptions = {},
+): Promise<NamespaceInfo> {
+  const started = Date.now();
+  let delay = 250;
+  let said = false;
+  for (;;) {
+    try {
+      return await ensureNamespace(nc, { ...options, create: false });
+    } catch (e) {
+      if (!isNamespaceMissing(e)) throw e;
+      const waited = Date.now() - started;
+      if (options.waitMs !== undefined && waited >= options.waitMs) throw e;
+      if (!said) {
+        said = true;
+        options.logger?.info(
+          { namespace: options.namespace ?? DEFAULT_NAMESPACE },
+          `${(e as Error).message}; waiting for it`,
+        );
+      }
+      let wait = delay;
+      if (options.waitMs !== undefined) wait = Math.min(wait, options.waitMs - waited);
+      await new Promise((r) => setTimeout(r, Math.max(wait, 1)));
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+}
+
 /**
  * Creates, or checks, every JetStream object of a namespace: the inbox and parked streams,
  * one durable consumer per shard, the KV buckets and the config record. Idempotent, and safe
@@ -597,7 +679,7 @@ export async function ensureNamespace(
     options.shardCount === undefined
       ? undefined
       : positiveInt("shardCount", options.shardCount, MAX_SHARD_COUNT);
-  const replicas = positiveInt("replicas", options.replicas ?? 1, 5);
+  let replicas = positiveInt("replicas", options.replicas ?? 1, 5);
   const maxAgeMs = positiveMs("maxAgeMs", options.maxAgeMs ?? DEFAULT_INBOX_MAX_AGE_MS);
   const duplicateWindowMs = positiveMs(
     "duplicateWindowMs",
@@ -607,6 +689,7 @@ export async function ensureNamespace(
     throw new TroupeError(ErrorCode.CONFIG_ERROR, "duplicateWindowMs must not exceed maxAgeMs");
   }
   const logger = options.logger;
+  const mayCreate = options.create ?? true;
 
   let jsm: JetStreamManager;
   try {
@@ -620,6 +703,7 @@ export async function ensureNamespace(
   }
   const kvm = new Kvm(nc);
 
+  if (!mayCreate) replicas = await existingReplicas(jsm, names);
   // the config first: it says how many shard consumers there are
   const cluster = await ensureBucket(
     kvm,
@@ -627,7 +711,7 @@ export async function ensureNamespace(
     replicas,
     `Troupe cluster records of namespace ${namespace}`,
   );
-  const { record, created } = await ensureConfig(cluster, namespace, shardCount);
+  const { record, created } = await ensureConfig(cluster, namespace, shardCount, mayCreate);
   if (created) {
     logger?.info(
       { namespace, shardCount: record.shardCount },

@@ -13,7 +13,9 @@ import {
   checkServer,
   connectNats,
   ensureNamespace,
+  isNamespaceMissing,
   namespaceNames,
+  openNamespace,
   requireServerFeature,
   serverHas,
   shardOfAddress,
@@ -216,6 +218,47 @@ describe("ensureNamespace on a server", () => {
     } finally {
       await Promise.all(conns.map((c) => c.close()));
     }
+  });
+
+  it("create: false finds an existing namespace and never creates one", async () => {
+    const namespace = freshNamespace("ns");
+    const missing = await ensureNamespace(nc, { namespace, create: false }).catch(
+      (e: unknown) => e,
+    );
+    expect(isNamespaceMissing(missing)).toBe(true);
+    expect((missing as TroupeError).code).toBe(ErrorCode.INVALID_STATE);
+    expect((missing as TroupeError).message).toContain("does not exist yet");
+    const jsm = await jetstreamManager(nc);
+    const streams: string[] = [];
+    for await (const s of jsm.streams.names()) streams.push(s);
+    expect(streams.filter((n) => n.includes(namespace))).toEqual([]);
+    await ensureNamespace(nc, { namespace, shardCount: 5 });
+    expect(await ensureNamespace(nc, { namespace, create: false })).toMatchObject({
+      shardCount: 5,
+      created: false,
+    });
+  });
+
+  it("openNamespace waits for the creator, whose shard count wins", async () => {
+    const namespace = freshNamespace("ns");
+    const said: string[] = [];
+    const logger = {
+      info: (_o: unknown, msg?: string) => said.push(msg ?? ""),
+      warn: () => {},
+      error: () => {},
+      debug: () => {},
+    } as unknown as Logger;
+    // a worker (or client) that comes up before the coordinator
+    const opened = openNamespace(nc, { namespace, logger });
+    await new Promise((r) => setTimeout(r, 400));
+    await ensureNamespace(nc, { namespace, shardCount: 6 });
+    expect(await opened).toMatchObject({ shardCount: 6, created: false });
+    expect(said.filter((m) => m.includes("waiting for it"))).toHaveLength(1);
+    // with a limit, it gives up with the typed error
+    const gaveUp = await openNamespace(nc, { namespace: freshNamespace("ns"), waitMs: 300 }).catch(
+      (e: unknown) => e,
+    );
+    expect(isNamespaceMissing(gaveUp)).toBe(true);
   });
 
   it("refuses settings the server cannot have, with the server's reason", async () => {

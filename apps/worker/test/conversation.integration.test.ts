@@ -1,0 +1,182 @@
+/**
+ * Agents talking across worker processes: a coordinator and two workers run from their built
+ * `dist/main.js` on one nats-server, hosting the demo (planner → helpers) and ping-pong
+ * agents. The agents of each conversation are picked so that they live on different workers;
+ * an external client starts the conversations with requests, and gets typed errors for
+ * requests nobody answers, unknown agent types and malformed addresses.
+ */
+import { join } from "node:path";
+import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import type { ClusterStatus } from "@troupe/coordinator";
+import type { PlanReply } from "@troupe/example-demo";
+import type { PingScore } from "@troupe/example-ping-pong";
+import { connect, shardOfAddress, type TroupeClient } from "@troupe/nats";
+import { type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import { ErrorCode } from "@troupe/wire";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  balancedOver,
+  buildApps,
+  COORDINATOR_MAIN,
+  clusterStatus,
+  logTail,
+  procs,
+  repo,
+  spawnNode,
+  stopAll,
+  stopProc,
+  WORKER_MAIN,
+  waitFor,
+} from "./procs.js";
+
+const NAMESPACE = "talk";
+const SHARDS = 16;
+const WORKERS = ["w1", "w2"];
+const AGENT_MODULES = [
+  join(repo, "examples/demo/dist/index.js"),
+  join(repo, "examples/ping-pong/dist/index.js"),
+];
+
+let server: NatsServerHandle;
+let nc: NatsConnection;
+let client: TroupeClient;
+let placement: ClusterStatus;
+
+/** The worker that owns the agent's shard now. */
+function ownerOf(address: string): string {
+  const shard = shardOfAddress(address, placement.shardCount);
+  const owner = placement.workers.find((w) => w.shards.includes(shard))?.id;
+  if (owner === undefined) throw new Error(`no worker owns shard ${shard} of ${address}`);
+  return owner;
+}
+
+/** The first key k (of `prefix-0`, `prefix-1`, …) for which `wanted(k)` holds. */
+function pickKey(prefix: string, wanted: (key: string) => boolean): string {
+  for (let i = 0; i < 10_000; i++) {
+    const key = `${prefix}-${i}`;
+    if (wanted(key)) return key;
+  }
+  throw new Error(`no key with prefix ${prefix} fits`);
+}
+
+beforeAll(async () => {
+  await buildApps();
+  server = await startNatsServer();
+  nc = await natsConnect({ servers: server.url });
+  const nats = ["--nats", server.url, "--namespace", NAMESPACE];
+  spawnNode("coordinator", COORDINATOR_MAIN, [...nats, "--shards", String(SHARDS)]);
+  for (const id of WORKERS) {
+    spawnNode(id, WORKER_MAIN, [...nats, "--agents", ...AGENT_MODULES, "--id", id]);
+  }
+  try {
+    placement = await waitFor(
+      "both workers to own their shards",
+      async () => {
+        const s = await clusterStatus(nc, NAMESPACE);
+        return balancedOver(s, WORKERS) ? s : undefined;
+      },
+      60_000,
+    );
+  } catch (e) {
+    for (const p of procs) console.log(logTail(p));
+    throw e;
+  }
+  client = await connect({ servers: server.url, namespace: NAMESPACE });
+}, 300_000);
+
+afterAll(async () => {
+  await client?.close().catch(() => {});
+  await stopAll();
+  await nc?.close().catch(() => {});
+  await server?.cleanup();
+}, 60_000);
+
+describe("conversations across two worker processes", () => {
+  it("a planner fans requests out to helpers on the other worker and answers the client", async () => {
+    // helper/<role> addresses are fixed: pick a planner away from at least one of them
+    const helperOwners = ["research", "write", "review"].map((r) => ownerOf(`helper/${r}`));
+    const key = pickKey("p", (k) => helperOwners.some((o) => o !== ownerOf(`planner/${k}`)));
+    const remote = helperOwners.filter((o) => o !== ownerOf(`planner/${key}`)).length;
+    const answer = await client
+      .ref("planner", key)
+      .request<PlanReply>({ type: "plan", goal: "ship it" }, { timeoutMs: 15_000 });
+    expect(answer.type).toBe("plan.done");
+    if (answer.type !== "plan.done") return;
+    expect(answer.goal).toBe("ship it");
+    expect(answer.steps.map((s) => s.role)).toEqual(["research", "write", "review"]);
+    for (const step of answer.steps) {
+      expect(step.instruction).toContain("ship it");
+      expect(step.answer.length).toBeGreaterThan(0);
+    }
+    console.log(
+      `planner/${key} on ${ownerOf(`planner/${key}`)}; ${remote} of 3 helpers on the other worker`,
+    );
+  });
+
+  it("ping and pong on different workers keep a 50-ball rally in order", async () => {
+    const key = pickKey("game", (k) => ownerOf(`ping/${k}`) !== ownerOf(`pong/${k}`));
+    const final = await client
+      .ref("ping", key)
+      .request<PingScore>({ type: "start", rounds: 50 }, { timeoutMs: 15_000 });
+    expect(final).toEqual({
+      type: "score",
+      pongs: 50,
+      rounds: 50,
+      received: Array.from({ length: 50 }, (_, i) => i + 1),
+      done: true,
+    });
+    expect(await client.ref("pong", key).request({ type: "get" })).toEqual({
+      type: "count",
+      pings: 50,
+    });
+    // both workers did their part
+    const perWorker = await Promise.all(
+      WORKERS.map(async (id) =>
+        (
+          await nc.request(`troupe.${NAMESPACE}.ctl.worker.${id}.status`, "", { timeout: 2000 })
+        ).json<{
+          stats: { processed: number };
+        }>(),
+      ),
+    );
+    for (const w of perWorker) expect(w.stats.processed).toBeGreaterThanOrEqual(50);
+  });
+
+  it("a request nobody answers times out with TIMEOUT, and the agent keeps serving", async () => {
+    const ref = client.ref("ping", "idle");
+    const t0 = performance.now();
+    // an idle ping ignores a stray pong: no reply ever comes
+    await expect(ref.request({ type: "pong", n: 1 }, { timeoutMs: 500 })).rejects.toMatchObject({
+      code: ErrorCode.TIMEOUT,
+    });
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(450);
+    expect(await ref.request<PingScore>({ type: "get" }, { timeoutMs: 5000 })).toMatchObject({
+      type: "score",
+      pongs: 0,
+    });
+  });
+
+  it("unknown agent types and malformed addresses get typed errors, not retries", async () => {
+    await expect(
+      client.ref("no-such-type", "x").request({ type: "hello" }, { timeoutMs: 5000 }),
+    ).rejects.toMatchObject({ code: ErrorCode.UNKNOWN_AGENT });
+    expect(() => client.ref("ping", "")).toThrowError(
+      expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }),
+    );
+    expect(() => client.ref("Bad Type!", "x")).toThrowError(
+      expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }),
+    );
+    // the workers are still fine
+    expect(await client.ref("pong", "after-errors").request({ type: "get" })).toEqual({
+      type: "count",
+      pings: 0,
+    });
+  });
+
+  it("workers and coordinator exit 0 on SIGTERM", async () => {
+    const [coordinator, ...workers] = procs;
+    const exits = await Promise.all(workers.map((p) => stopProc(p)));
+    if (coordinator !== undefined) exits.push(await stopProc(coordinator));
+    expect(exits, procs.map((p) => logTail(p)).join("\n")).toEqual([0, 0, 0]);
+  });
+});

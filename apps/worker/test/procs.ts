@@ -1,0 +1,141 @@
+/**
+ * Test helpers for process-level cluster tests: builds the apps, spawns the built worker and
+ * coordinator as real Node processes, collects their logs, stops them with real signals.
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { ClusterStatus } from "@troupe/coordinator";
+
+export const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
+export const WORKER_MAIN = join(repo, "apps/worker/dist/main.js");
+export const COORDINATOR_MAIN = join(repo, "apps/coordinator/dist/main.js");
+
+/** Builds the apps and the example agents (turbo: a cache hit when nothing changed); stale dists would mislead. */
+export async function buildApps(): Promise<void> {
+  const t0 = performance.now();
+  try {
+    await promisify(execFile)(
+      "npx",
+      [
+        "turbo",
+        "run",
+        "build",
+        "--filter=@troupe/worker",
+        "--filter=@troupe/coordinator-service",
+        "--filter=@troupe/example-demo",
+        "--filter=@troupe/example-ping-pong",
+        "--output-logs=errors-only",
+      ],
+      { cwd: repo, timeout: 240_000, maxBuffer: 16 * 1024 * 1024 },
+    );
+  } catch (e) {
+    const out = (e as { stdout?: string; stderr?: string }).stdout ?? "";
+    if (![WORKER_MAIN, COORDINATOR_MAIN].every(existsSync)) {
+      throw new Error(`build failed and no dist to fall back on:\n${out.slice(-4000)}`);
+    }
+    console.warn(`build failed; testing the existing dist:\n${out.slice(-2000)}`);
+  }
+  console.log(`build: ${(performance.now() - t0).toFixed(0)} ms`);
+}
+
+export interface Proc {
+  name: string;
+  child: ChildProcess;
+  /** Exit code (or the signal's name) once the process has exited. */
+  exited: Promise<number | string>;
+  logs: string[];
+}
+
+/** Every process spawned here, for `stopAll`. */
+export const procs: Proc[] = [];
+
+export function spawnNode(name: string, script: string, args: string[]): Proc {
+  const child = spawn(process.execPath, [script, ...args], {
+    cwd: repo,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, TROUPE_LOG_LEVEL: "info" },
+  });
+  const logs: string[] = [];
+  let partial = "";
+  const take = (chunk: Buffer) => {
+    const lines = (partial + chunk.toString("utf8")).split("\n");
+    partial = lines.pop() ?? "";
+    for (const l of lines) {
+      logs.push(l);
+      if (logs.length > 2000) logs.shift();
+    }
+  };
+  child.stdout?.on("data", take);
+  child.stderr?.on("data", take);
+  const exited = new Promise<number | string>((r) =>
+    child.on("exit", (code, signal) => r(code ?? signal ?? "unknown")),
+  );
+  const proc = { name, child, exited, logs };
+  procs.push(proc);
+  return proc;
+}
+
+export function logTail(p: Proc, n = 40): string {
+  return `--- ${p.name} (pid ${p.child.pid}) ---\n${p.logs.slice(-n).join("\n")}`;
+}
+
+export async function stopProc(
+  p: Proc,
+  signal: NodeJS.Signals = "SIGTERM",
+): Promise<number | string> {
+  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill(signal);
+  const timer = setTimeout(() => p.child.kill("SIGKILL"), 30_000);
+  try {
+    return await p.exited;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export async function waitFor<T>(
+  what: string,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 30_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Stops every process spawned here (SIGKILL: for afterAll, after a failure). */
+export async function stopAll(): Promise<void> {
+  await Promise.all(procs.map((p) => stopProc(p, "SIGKILL")));
+}
+
+/** The coordinator leader's `ctl.status`, or undefined when no leader answers in time. */
+export async function clusterStatus(
+  nc: NatsConnection,
+  namespace: string,
+  timeoutMs = 1000,
+): Promise<ClusterStatus | undefined> {
+  try {
+    const m = await nc.request(`troupe.${namespace}.ctl.status`, "", { timeout: timeoutMs });
+    const s = m.json<ClusterStatus | { error: unknown }>();
+    return "error" in s ? undefined : s;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Every shard assigned, and each of `ids` holds its even share (floor or floor + 1). */
+export function balancedOver(s: ClusterStatus | undefined, ids: string[]): boolean {
+  if (s === undefined || s.unassigned.length > 0) return false;
+  const floor = Math.floor(s.shardCount / ids.length);
+  return ids.every((id) => {
+    const n = s.workers.find((w) => w.id === id)?.shards.length ?? 0;
+    return n === floor || n === floor + 1;
+  });
+}
