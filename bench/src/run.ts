@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { clusterBench } from "./cluster.js";
 import { runCryptoBench } from "./crypto.js";
 import { rawXState, troupeEmbedded } from "./embedded.js";
+import { recoveryBench } from "./recovery.js";
 
 const quick = process.argv.includes("--quick");
 const runs = quick ? 3 : 5;
@@ -98,6 +99,40 @@ async function main(): Promise<void> {
     }
   }
 
+  let recovery: Record<string, unknown> | undefined;
+  if (process.argv.includes("--no-cluster")) {
+    console.log("Recovery: skipped (--no-cluster)\n");
+  } else {
+    try {
+      const r = await recoveryBench(quick ? 2 : 6);
+      const sorted = [...r.samples].sort((a, b) => a - b);
+      const pct = (p: number) =>
+        sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+      recovery = {
+        kills: r.kills,
+        agents: r.samples.length,
+        leaseMs: r.leaseMs,
+        p50Ms: pct(50),
+        p99Ms: pct(99),
+        maxMs: sorted[sorted.length - 1],
+      };
+      console.log(
+        `Recovery: worker SIGKILLed under load (coordinator + 3 workers as processes, lease ${r.leaseMs} ms): kill → first processed message of each of its agents`,
+      );
+      console.table([
+        {
+          kills: r.kills,
+          "agents measured": r.samples.length,
+          "p50 ms": pct(50),
+          "p99 ms": pct(99),
+          "max ms": sorted[sorted.length - 1],
+        },
+      ]);
+    } catch (e) {
+      console.log(`Recovery: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
+    }
+  }
+
   const crypto = await runCryptoBench();
   console.log("Wire: frames at 256 B payloads");
   console.table(
@@ -108,7 +143,7 @@ async function main(): Promise<void> {
   mkdirSync(out, { recursive: true });
   writeFileSync(
     join(out, "latest.json"),
-    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, cluster, wire: crypto }, null, 2)}\n`,
+    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, cluster, recovery, wire: crypto }, null, 2)}\n`,
   );
   console.log(`\nwritten: bench/results/latest.json`);
 }

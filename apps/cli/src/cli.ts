@@ -43,6 +43,8 @@ function program(io: Io, setExit: (code: number) => void): Command {
         "  troupe status",
         `  troupe send counter/alice '{"type":"inc","by":2}'`,
         `  troupe request counter/alice '{"type":"get"}' --timeout 5000`,
+        `  troupe quarantine counter/alice --reason "bad input"; troupe quarantined; troupe release counter/alice`,
+        "  troupe replay counter/alice --dry-run",
       ].join("\n"),
     );
 
@@ -83,6 +85,64 @@ function program(io: Io, setExit: (code: number) => void): Command {
     .action(async (address: string, event: string, opts: object, cmd: Command) => {
       const { request } = await import("./commands/message.js");
       setExit(await request(address, event, { ...cmd.optsWithGlobals(), ...opts }, io));
+    });
+
+  cli
+    .command("replay")
+    .description(
+      "replay an agent from its inbox history: --dry-run shows each event and the state it led to; without it the agent's state is rebuilt",
+    )
+    .argument("<address>", "the agent, as type/key")
+    .option("--dry-run", "only show the steps: store nothing, send nothing")
+    .option(
+      "--from-seq <n>",
+      "start from the initial state with the message at this inbox sequence (default 1)",
+      wholeNumber("--from-seq", 1),
+    )
+    .option("--limit <n>", "how many of the last steps to show", wholeNumber("--limit", 0), 1000)
+    .option("--json", "print the worker's JSON reply")
+    .option(
+      "--timeout <ms>",
+      "how long to wait for the replay",
+      wholeNumber("--timeout", 1),
+      30_000,
+    )
+    .action(async (address: string, opts: object, cmd: Command) => {
+      const { replay } = await import("./commands/replay.js");
+      setExit(await replay(address, { ...cmd.optsWithGlobals(), ...opts }, io));
+    });
+
+  cli
+    .command("quarantine")
+    .description("quarantine an agent: its messages are held, in order, until release")
+    .argument("<address>", "the agent, as type/key")
+    .requiredOption("--reason <text>", "why (shown by troupe quarantined)")
+    .option("--json", "print the coordinator's raw JSON reply")
+    .option("--timeout <ms>", "how long to wait", wholeNumber("--timeout", 1), 10_000)
+    .action(async (address: string, opts: object, cmd: Command) => {
+      const { quarantine } = await import("./commands/quarantine.js");
+      setExit(await quarantine(address, { ...cmd.optsWithGlobals(), ...opts }, io));
+    });
+
+  cli
+    .command("release")
+    .description("release a quarantined agent: its held messages first, in order, then new ones")
+    .argument("<address>", "the agent, as type/key")
+    .option("--json", "print the coordinator's raw JSON reply")
+    .option("--timeout <ms>", "how long to wait", wholeNumber("--timeout", 1), 10_000)
+    .action(async (address: string, opts: object, cmd: Command) => {
+      const { release } = await import("./commands/quarantine.js");
+      setExit(await release(address, { ...cmd.optsWithGlobals(), ...opts }, io));
+    });
+
+  cli
+    .command("quarantined")
+    .description("list quarantined agents: reason, by whom, since when, messages parked")
+    .option("--json", "print the coordinator's raw JSON reply")
+    .option("--timeout <ms>", "how long to wait", wholeNumber("--timeout", 1), 10_000)
+    .action(async (opts: object, cmd: Command) => {
+      const { quarantined } = await import("./commands/quarantine.js");
+      setExit(await quarantined({ ...cmd.optsWithGlobals(), ...opts }, io));
     });
 
   cli

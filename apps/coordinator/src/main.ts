@@ -46,7 +46,7 @@ const program = new Command()
     new Option("--lease-ms <ms>", "leader lease and worker liveness (ms)")
       .env("TROUPE_LEASE_MS")
       .argParser(intAtLeast(30))
-      .default(3000),
+      .default(2000),
   )
   .addOption(
     new Option("--handoff-timeout-ms <ms>", "how long a handoff waits for its confirmation (ms)")

@@ -1,11 +1,21 @@
 #!/usr/bin/env node
 /** troupe-worker: hosts the agents of the shards the coordinator assigns to it. */
 import { ErrorCode, isTroupeError } from "@troupe/wire";
-import { Command, Option } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { loadAgents, type RunningWorker, startWorker } from "./worker.js";
 
 const EXIT_CONFIG = 2;
+
+function intAtLeast(min: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < min) {
+      throw new InvalidArgumentError(`must be an integer >= ${min}`);
+    }
+    return n;
+  };
+}
 
 const program = new Command()
   .name("troupe-worker")
@@ -31,6 +41,20 @@ const program = new Command()
     ),
   )
   .addOption(
+    new Option(
+      "--lease-ms <ms>",
+      "worker liveness lease (ms): the coordinators' --lease-ms; past it the worker fences itself",
+    )
+      .env("TROUPE_LEASE_MS")
+      .argParser(intAtLeast(30))
+      .default(2000),
+  )
+  .addOption(
+    new Option("--heartbeat-ms <ms>", "how often the worker stores its heartbeat (ms)")
+      .env("TROUPE_HEARTBEAT_MS")
+      .argParser(intAtLeast(10)),
+  )
+  .addOption(
     new Option("--log-level <level>", "log level")
       .env("TROUPE_LOG_LEVEL")
       .choices(["trace", "debug", "info", "warn", "error", "fatal"])
@@ -43,6 +67,8 @@ const opts = program.opts<{
   namespace: string;
   agents: string[] | string;
   id?: string;
+  leaseMs: number;
+  heartbeatMs?: number;
   logLevel: string;
 }>();
 
@@ -74,7 +100,9 @@ async function start(): Promise<RunningWorker> {
     namespace: opts.namespace,
     agents,
     logger,
+    leaseMs: opts.leaseMs,
   };
+  if (opts.heartbeatMs !== undefined) options.heartbeatMs = opts.heartbeatMs;
   if (opts.id !== undefined) options.id = opts.id;
   return startWorker(options);
 }

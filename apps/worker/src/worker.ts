@@ -4,10 +4,11 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { joinCluster, type Membership } from "@troupe/coordinator";
+import { joinCluster, type Membership, serveWorkerQuarantine } from "@troupe/coordinator";
 import { connectNats, createNatsBackend, openNamespace } from "@troupe/nats";
 import { type AgentDefinition, createRuntime, type Logger, type Runtime } from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
+import { serveReplay } from "./replay-control.js";
 
 /** A logger that can make children (pino's shape); libraries get a child each. */
 export interface ParentLogger extends Logger {
@@ -80,6 +81,24 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       await runtime.shutdown().catch(() => {});
       throw e;
     }
+    const replaySub = serveReplay({
+      nc,
+      namespace: options.namespace,
+      workerId: membership.id,
+      runtime,
+      shardCount,
+      ownedShards: () => membership.ownedShards(),
+      logger: log.child({ component: "replay" }),
+    });
+    const quarantineControl = serveWorkerQuarantine({
+      nc,
+      namespace: options.namespace,
+      workerId: membership.id,
+      runtime,
+      shardCount,
+      ownedShards: () => membership.ownedShards(),
+      logger: log.child({ component: "quarantine" }),
+    });
     log.info(
       {
         worker: membership.id,
@@ -93,6 +112,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     const stop = async (): Promise<void> => {
       const t0 = Date.now();
       log.info({ worker: membership.id }, "worker stopping: draining");
+      replaySub.unsubscribe();
+      quarantineControl.stop();
       await step(log, "leave the cluster", () => membership.leave());
       await step(log, "shut the runtime down", () => runtime.shutdown());
       await step(log, "drain the NATS connection", () => nc.drain());

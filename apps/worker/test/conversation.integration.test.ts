@@ -5,7 +5,9 @@
  * an external client starts the conversations with requests, and gets typed errors for
  * requests nobody answers, unknown agent types and malformed addresses.
  */
+import { execFile } from "node:child_process";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
 import type { ClusterStatus } from "@troupe/coordinator";
 import type { PlanReply } from "@troupe/example-demo";
@@ -17,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   balancedOver,
   buildApps,
+  CLI_MAIN,
   COORDINATOR_MAIN,
   clusterStatus,
   logTail,
@@ -41,6 +44,23 @@ let server: NatsServerHandle;
 let nc: NatsConnection;
 let client: TroupeClient;
 let placement: ClusterStatus;
+
+/** Runs the built `troupe` CLI against this cluster: exit code and output. */
+async function troupe(
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(
+      process.execPath,
+      [CLI_MAIN, "--nats", server.url, "--namespace", NAMESPACE, ...args],
+      { timeout: 60_000 },
+    );
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    const x = e as { code?: number; stdout?: string; stderr?: string };
+    return { code: x.code ?? -1, stdout: x.stdout ?? "", stderr: x.stderr ?? "" };
+  }
+}
 
 /** The worker that owns the agent's shard now. */
 function ownerOf(address: string): string {
@@ -113,8 +133,11 @@ describe("conversations across two worker processes", () => {
     );
   });
 
+  let rally = "";
+
   it("ping and pong on different workers keep a 50-ball rally in order", async () => {
     const key = pickKey("game", (k) => ownerOf(`ping/${k}`) !== ownerOf(`pong/${k}`));
+    rally = key;
     const final = await client
       .ref("ping", key)
       .request<PingScore>({ type: "start", rounds: 50 }, { timeoutMs: 15_000 });
@@ -171,6 +194,48 @@ describe("conversations across two worker processes", () => {
       type: "count",
       pings: 0,
     });
+  });
+
+  it("troupe replay --dry-run shows the rally step by step on the owner, changing nothing", async () => {
+    const r = await troupe("replay", `ping/${rally}`, "--dry-run", "--json");
+    expect(r.code, r.stderr).toBe(0);
+    const reply = JSON.parse(r.stdout) as {
+      worker: string;
+      stored: boolean;
+      total: number;
+      failed: number;
+      steps: Array<{ event: { type: string; n?: number }; context: { pongs: number } }>;
+      final: { context: { pongs: number; received: number[] } };
+    };
+    expect(reply.worker).toBe(ownerOf(`ping/${rally}`));
+    expect(reply.stored).toBe(false);
+    expect(reply.failed).toBe(0);
+    // the start request and 50 pongs
+    expect(reply.total).toBe(51);
+    expect(reply.steps.filter((s) => s.event.type === "pong").map((s) => s.event.n)).toEqual(
+      Array.from({ length: 50 }, (_, i) => i + 1),
+    );
+    expect(reply.final.context.pongs).toBe(50);
+    const human = await troupe("replay", `ping/${rally}`, "--dry-run", "--limit", "3");
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toMatch(/dry run of ping\/\S+ on worker w\d: 51 messages/);
+    expect(human.stdout).toContain("nothing was stored or sent");
+  });
+
+  it("troupe replay rebuilds an agent's stored state from its history", async () => {
+    const r = await troupe("replay", `pong/${rally}`, "--json");
+    expect(r.code, r.stderr).toBe(0);
+    // 50 pings and the get request
+    expect(JSON.parse(r.stdout)).toMatchObject({ stored: true, failed: 0, total: 51 });
+    expect(await client.ref("pong", rally).request({ type: "get" })).toEqual({
+      type: "count",
+      pings: 50,
+    });
+    const bad = await troupe("replay", "no-such-type/x");
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain("UNKNOWN_AGENT");
+    const usage = await troupe("replay", "not-an-address");
+    expect(usage.code).toBe(2);
   });
 
   it("workers and coordinator exit 0 on SIGTERM", async () => {

@@ -13,6 +13,7 @@ import type { ClusterStatus } from "@troupe/coordinator";
 export const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 export const WORKER_MAIN = join(repo, "apps/worker/dist/main.js");
 export const COORDINATOR_MAIN = join(repo, "apps/coordinator/dist/main.js");
+export const CLI_MAIN = join(repo, "apps/cli/dist/main.js");
 
 /** Builds the apps and the example agents (turbo: a cache hit when nothing changed); stale dists would mislead. */
 export async function buildApps(): Promise<void> {
@@ -26,6 +27,7 @@ export async function buildApps(): Promise<void> {
         "build",
         "--filter=@troupe/worker",
         "--filter=@troupe/coordinator-service",
+        "--filter=@troupe/cli",
         "--filter=@troupe/example-demo",
         "--filter=@troupe/example-ping-pong",
         "--output-logs=errors-only",

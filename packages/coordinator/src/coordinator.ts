@@ -41,13 +41,14 @@ import {
   type ShardAssignment,
   validateNodeId,
 } from "./protocol.js";
+import { serveQuarantineControl } from "./quarantine.js";
 
 export interface CoordinatorOptions {
   nc: NatsConnection;
   namespace: string;
   /** This coordinator's id (a subject token). Default: host name, pid and a random suffix. */
   id?: string;
-  /** Lease length (ms): leadership and worker liveness. Renewed every leaseMs / 3. Default 3000. */
+  /** Lease length (ms): leadership and worker liveness. Renewed every leaseMs / 3. Default 2000. */
   leaseMs?: number;
   /** How long a handoff waits for the releasing worker's confirmation (ms). Default 10,000. */
   handoffTimeoutMs?: number;
@@ -103,7 +104,7 @@ class CoordinatorNode implements Coordinator {
     validateNodeId("coordinator", this.id);
     this.#nc = options.nc;
     this.#namespace = options.namespace;
-    this.#leaseMs = options.leaseMs ?? 3_000;
+    this.#leaseMs = options.leaseMs ?? 2_000;
     this.#handoffTimeoutMs = options.handoffTimeoutMs ?? 10_000;
     if (!(this.#leaseMs >= 30)) {
       throw new TroupeError(ErrorCode.CONFIG_ERROR, `leaseMs must be >= 30, got ${this.#leaseMs}`);
@@ -353,6 +354,8 @@ class LeaderDuty {
   #assignment: StoredAssignment | undefined;
   #followers: Follower[] = [];
   #sub: Subscription | undefined;
+  /** ctl.quarantine, ctl.release, ctl.quarantined (quarantine.ts). */
+  #quarantineSubs: Subscription[] = [];
   #ticker: NodeJS.Timeout | undefined;
   #kickTimer: NodeJS.Timeout | undefined;
   #work: Promise<void> | undefined;
@@ -413,6 +416,18 @@ class LeaderDuty {
         );
       },
     });
+    this.#quarantineSubs = serveQuarantineControl({
+      nc: this.#o.nc,
+      namespace: this.#o.namespace,
+      shardCount: this.#o.buckets.shardCount,
+      log: this.#o.log,
+      assignment: () => this.#assignment?.value,
+      members: () => {
+        const out: MemberEntry[] = [];
+        for (const t of this.#members.values()) if (t.value !== undefined) out.push(t.value);
+        return out;
+      },
+    });
     this.#ready = true;
     const tickMs = Math.max(20, Math.min(250, this.#o.leaseMs / 6));
     this.#ticker = setInterval(() => this.#kick(0), tickMs);
@@ -428,6 +443,8 @@ class LeaderDuty {
     this.#followers = [];
     this.#sub?.unsubscribe();
     this.#sub = undefined;
+    for (const s of this.#quarantineSubs) s.unsubscribe();
+    this.#quarantineSubs = [];
     await this.#work;
   }
 

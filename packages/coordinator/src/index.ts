@@ -17,3 +17,18 @@ export type {
   WorkerSummary,
 } from "./protocol.js";
 export { controlSubject, workerControlSubject } from "./protocol.js";
+export type {
+  QuarantinedAgent,
+  QuarantinedReply,
+  QuarantineReply,
+  QuarantineRequest,
+  ReleaseReply,
+  ReleaseRequest,
+} from "./quarantine.js";
+export {
+  listQuarantined,
+  type QuarantineControl,
+  requestAddress,
+  requestReason,
+  serveWorkerQuarantine,
+} from "./quarantine.js";

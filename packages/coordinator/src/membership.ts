@@ -30,11 +30,23 @@ import {
 
 /** What membership needs from the backend: pulling shards on and off (a NatsBackend does). */
 export interface ShardOwner {
-  /** Start pulling these shards. */
-  ownShards(shards: readonly number[]): Promise<void>;
+  /**
+   * Start pulling these shards. `previousOwnerDead`: their last owner's lease ran out, so
+   * what it left unacknowledged is taken back at once (not after ack_wait).
+   */
+  ownShards(shards: readonly number[], options?: { previousOwnerDead?: boolean }): Promise<void>;
   /** Stop pulling; resolves once no more deliveries for them arrive. */
   releaseShards(shards: readonly number[]): Promise<void>;
+  /**
+   * Stop acting for these shards at once: nothing more of theirs is stored or acknowledged
+   * (the synchronous part of the call already guarantees that). Resolves once stopped.
+   */
+  fenceShards(shards: readonly number[]): Promise<void>;
+  /** The lease check run before every delivery, acknowledgement and snapshot write. */
+  setFence(fence: { leaseHeld(): boolean; onLapse(): void } | undefined): void;
   ownedShards(): number[];
+  /** Counters shown in the worker's status (a NatsBackend's stats). */
+  stats?(): object;
 }
 
 export interface JoinOptions {
@@ -46,9 +58,14 @@ export interface JoinOptions {
   runtime: Runtime;
   /** This worker's id (a subject token). Default: host name, pid and a random suffix. */
   id?: string;
-  /** How often the members entry is put (ms). Default 1000. */
+  /** How often the members entry is put (ms). Default leaseMs / 4 (500). */
   heartbeatMs?: number;
-  /** The cluster's lease (ms): an entry older than this is a dead worker. Default 3000. */
+  /**
+   * The cluster's lease (ms): an entry older than this is a dead worker. Default 2000; must
+   * be the coordinator's `leaseMs`. The worker fences itself (stops pulling, storing and
+   * acknowledging) once its last stored heartbeat is `leaseMs - heartbeatMs` old, before
+   * the leader can see it dead and give its shards away.
+   */
   leaseMs?: number;
   /** How long `leave()` waits for the leader to take every shard back (ms). Default 15,000. */
   leaveTimeoutMs?: number;
@@ -95,6 +112,23 @@ class WorkerMember implements Membership {
   readonly #log: Logger;
   readonly #heartbeatMs: number;
   readonly #leaseMs: number;
+  /** Age of the last stored heartbeat at which this worker stops acting for its shards. */
+  readonly #fenceAfterMs: number;
+  /** heartbeatAt of the last heartbeat the server stored (0: none yet). */
+  #lastBeatAt = 0;
+  /** The lease lapsed and every shard was fenced; cleared by the next stored heartbeat. */
+  #lapsed = false;
+  /** Shards fenced at a lapse, by the epoch they had: not pulled again at that epoch before `#reownAfter`. */
+  readonly #fencedAt = new Map<number, number>();
+  #reownAfter = 0;
+  #reownTimer: NodeJS.Timeout | undefined;
+  #leaseTimer: NodeJS.Timeout | undefined;
+  #fences = 0;
+  /** The epoch each owned shard was taken at (its fencing token). */
+  readonly #ownedEpoch = new Map<number, number>();
+  /** Per shard: the owner seen in the assignment, and the one before it changed. */
+  readonly #seenOwner = new Map<number, string | null>();
+  readonly #previousOwner = new Map<number, string | null>();
   readonly #startedAt = Date.now();
   readonly #owned = new Set<number>();
   /** The epoch each shard's release was last confirmed at. */
@@ -119,11 +153,18 @@ class WorkerMember implements Membership {
     this.#runtime = runtime;
     this.#buckets = buckets;
     this.#log = options.logger ?? silentLogger;
-    this.#heartbeatMs = options.heartbeatMs ?? 1_000;
-    this.#leaseMs = options.leaseMs ?? 3_000;
+    this.#leaseMs = options.leaseMs ?? 2_000;
+    this.#heartbeatMs = options.heartbeatMs ?? Math.max(10, Math.floor(this.#leaseMs / 4));
     if (!(this.#heartbeatMs >= 10)) {
       throw new TroupeError(ErrorCode.CONFIG_ERROR, "heartbeatMs must be >= 10");
     }
+    if (!(this.#leaseMs >= 2 * this.#heartbeatMs)) {
+      throw new TroupeError(
+        ErrorCode.CONFIG_ERROR,
+        `leaseMs (${this.#leaseMs}) must be at least twice heartbeatMs (${this.#heartbeatMs})`,
+      );
+    }
+    this.#fenceAfterMs = this.#leaseMs - this.#heartbeatMs;
   }
 
   ownedShards(): number[] {
@@ -132,10 +173,21 @@ class WorkerMember implements Membership {
 
   async join(): Promise<void> {
     await this.#checkIdFree();
+    this.#o.backend.setFence({
+      leaseHeld: () => this.#leaseHeld(),
+      onLapse: () => this.#onLapse(),
+    });
     await this.#beat();
     this.#heartbeat = setInterval(() => {
       if (this.#beating === undefined) void this.#beat();
     }, this.#heartbeatMs);
+    // a heartbeat can hang (NATS trouble) longer than the lease: check on a timer as well
+    this.#leaseTimer = setInterval(
+      () => {
+        if (!this.#leaseHeld()) this.#onLapse();
+      },
+      Math.max(10, Math.floor(this.#heartbeatMs / 2)),
+    );
     this.#sub = this.#o.nc.subscribe(workerControlSubject(this.#o.namespace, this.id, "status"), {
       callback: (err, msg) => {
         if (err !== null) return;
@@ -215,6 +267,8 @@ class WorkerMember implements Membership {
       );
     }
     clearInterval(this.#heartbeat);
+    clearInterval(this.#leaseTimer);
+    clearTimeout(this.#reownTimer);
     await this.#beating;
     this.#sub?.unsubscribe();
     try {
@@ -227,13 +281,80 @@ class WorkerMember implements Membership {
 
   #status(): WorkerStatus {
     const stats = this.#runtime.stats();
-    return {
+    const status: WorkerStatus = {
       id: this.id,
       shards: this.ownedShards(),
       activeAgents: stats.activeAgents,
       draining: this.#draining,
       stats: { ...stats },
+      fences: this.#fences,
     };
+    const backend = this.#o.backend.stats?.();
+    if (backend !== undefined) status.backend = { ...(backend as Record<string, number>) };
+    return status;
+  }
+
+  // --- fencing ---------------------------------------------------------------------------
+
+  #leaseHeld(): boolean {
+    return !this.#lapsed && Date.now() - this.#lastBeatAt < this.#fenceAfterMs;
+  }
+
+  /**
+   * The lease may have run out (a pause, a stalled connection): the leader can give every
+   * shard away now. Stop acting for all of them before anything more is stored or
+   * acknowledged; they are pulled again only once a heartbeat is stored and the leader had
+   * a lease to move them elsewhere (or at a newer epoch, if it gives them back).
+   */
+  #onLapse(): void {
+    if (this.#lapsed) return;
+    this.#lapsed = true;
+    this.#fences++;
+    const shards = this.ownedShards();
+    for (const s of shards) {
+      this.#fencedAt.set(s, this.#ownedEpoch.get(s) ?? 0);
+      this.#owned.delete(s);
+      this.#ownedEpoch.delete(s);
+    }
+    // synchronously fenced by the time this returns; the consumers stop in the background
+    const stopped = this.#o.backend.fenceShards(shards);
+    this.#log.warn(
+      {
+        worker: this.id,
+        shards,
+        lastHeartbeatAgeMs: this.#lastBeatAt === 0 ? null : Date.now() - this.#lastBeatAt,
+        leaseMs: this.#leaseMs,
+      },
+      "lease lapsed: fenced every shard (no more snapshots or acknowledgements for them)",
+    );
+    void this.#dropActivations(shards, stopped);
+  }
+
+  /** Activations of fenced shards go without storing anything (the backend refuses it). */
+  async #dropActivations(shards: number[], stopped: Promise<void>): Promise<void> {
+    try {
+      await stopped;
+      if (shards.length === 0) return;
+      const { shardCount } = this.#buckets;
+      const set = new Set(shards);
+      const dropped = await this.#runtime.passivateWhere((address) =>
+        set.has(shardOfAddress(address, shardCount)),
+      );
+      this.#log.info({ shards, dropped }, "dropped the activations of fenced shards");
+    } catch (err) {
+      this.#log.error({ err }, "could not drop the activations of fenced shards");
+    }
+  }
+
+  #fence(shards: number[], why: string): Promise<void> {
+    for (const s of shards) {
+      this.#owned.delete(s);
+      this.#ownedEpoch.delete(s);
+    }
+    const stopped = this.#o.backend.fenceShards(shards);
+    this.#fences++;
+    this.#log.warn({ worker: this.id, shards }, `fenced shards: ${why}`);
+    return this.#dropActivations(shards, stopped);
   }
 
   // --- heartbeat -------------------------------------------------------------------------
@@ -252,12 +373,18 @@ class WorkerMember implements Membership {
   }
 
   #beat(): Promise<void> {
+    if (this.#lastBeatAt > 0 && !this.#leaseHeld()) this.#onLapse();
+    const entry = this.#entry();
     const p = this.#buckets.members
-      .put(this.id, encodeJson(this.#entry()))
+      .put(this.id, encodeJson(entry))
       .then(
         () => {
           if (this.#beatFailures > 0) this.#log.info({}, "heartbeats are stored again");
           this.#beatFailures = 0;
+          // (the timer may not have run yet after a pause: check before moving the lease on)
+          if (this.#lastBeatAt > 0 && !this.#leaseHeld()) this.#onLapse();
+          if (entry.heartbeatAt > this.#lastBeatAt) this.#lastBeatAt = entry.heartbeatAt;
+          if (this.#lapsed && Date.now() - entry.heartbeatAt < this.#fenceAfterMs) this.#regain();
         },
         (err: unknown) => {
           if (this.#beatFailures++ === 0) {
@@ -294,6 +421,21 @@ class WorkerMember implements Membership {
     }
   }
 
+  /** A heartbeat is stored again after a lapse. */
+  #regain(): void {
+    this.#lapsed = false;
+    // the leader may still move the fenced shards (it saw the lease run out); give it a
+    // lease's time before pulling them again at the epoch they were fenced at
+    this.#reownAfter = Date.now() + this.#leaseMs;
+    this.#log.info(
+      { worker: this.id, fenced: [...this.#fencedAt.keys()] },
+      "heartbeats are stored again: the lease is held",
+    );
+    clearTimeout(this.#reownTimer);
+    this.#reownTimer = setTimeout(() => this.#kick(), this.#leaseMs + 10);
+    this.#kick();
+  }
+
   // --- assignment ------------------------------------------------------------------------
 
   #onAssignment(e: KvEntry): void {
@@ -304,6 +446,12 @@ class WorkerMember implements Membership {
       return;
     }
     if (this.#latest !== undefined && a.version < this.#latest.version) return;
+    a.shards.forEach((s, i) => {
+      const owner = s.owner;
+      if (this.#seenOwner.has(i) && this.#seenOwner.get(i) === owner) return;
+      if (this.#seenOwner.has(i)) this.#previousOwner.set(i, this.#seenOwner.get(i) ?? null);
+      this.#seenOwner.set(i, owner);
+    });
     this.#latest = a;
     this.#kick();
   }
@@ -341,15 +489,28 @@ class WorkerMember implements Membership {
       );
     }
     const release: number[] = [];
+    const fence: number[] = [];
     const confirm: Array<[shard: number, epoch: number]> = [];
     const own: number[] = [];
+    const now = Date.now();
     a.shards.forEach((s, i) => {
-      if (this.#owned.has(i) && s.owner !== this.id) release.push(i);
+      // epochs are fencing tokens: a shard that moved on without a handoff through this
+      // worker (it was taken for dead) or came back at another epoch has had another owner
+      // meanwhile; what is held of it is stale and must not be stored
+      if (this.#owned.has(i)) {
+        if (s.owner === null && s.releasing === this.id) release.push(i);
+        else if (s.owner !== this.id || s.epoch !== this.#ownedEpoch.get(i)) fence.push(i);
+      }
       if (s.owner === null && s.releasing === this.id && this.#confirmed.get(i) !== s.epoch) {
         confirm.push([i, s.epoch]);
       }
-      if (s.owner === this.id && !this.#owned.has(i) && !this.#draining) own.push(i);
+      if (s.owner === this.id && !this.#draining && this.#leaseHeld()) {
+        const fencedAt = this.#fencedAt.get(i);
+        const mayOwn = fencedAt === undefined || s.epoch > fencedAt || now >= this.#reownAfter;
+        if (mayOwn && (!this.#owned.has(i) || fence.includes(i))) own.push(i);
+      }
     });
+    if (fence.length > 0) await this.#fence(fence, "the assignment moved them on (epoch)");
     if (release.length > 0) await this.#release(release);
     if (confirm.length > 0) {
       await Promise.all(
@@ -362,9 +523,31 @@ class WorkerMember implements Membership {
       this.#log.info({ shards: confirm.map(([s]) => s) }, "confirmed shard releases");
     }
     if (own.length > 0) {
-      await this.#o.backend.ownShards(own);
-      for (const s of own) this.#owned.add(s);
-      this.#log.info({ shards: own, owned: this.#owned.size }, "pulling shards");
+      // a shard taken straight from another worker: that worker died holding messages
+      const fromDead = own.filter((i) => {
+        const before = this.#previousOwner.get(i);
+        return (
+          (before !== undefined && before !== null && before !== this.id) ||
+          this.#fencedAt.has(i) ||
+          fence.includes(i)
+        );
+      });
+      const rest = own.filter((i) => !fromDead.includes(i));
+      await Promise.all([
+        fromDead.length > 0
+          ? this.#o.backend.ownShards(fromDead, { previousOwnerDead: true })
+          : undefined,
+        rest.length > 0 ? this.#o.backend.ownShards(rest) : undefined,
+      ]);
+      for (const s of own) {
+        this.#owned.add(s);
+        this.#ownedEpoch.set(s, a.shards[s]!.epoch);
+        this.#fencedAt.delete(s);
+      }
+      this.#log.info(
+        { shards: own, fromDeadOwner: fromDead, owned: this.#owned.size },
+        "pulling shards",
+      );
     }
   }
 

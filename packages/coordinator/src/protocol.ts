@@ -72,6 +72,10 @@ export interface WorkerStatus {
   activeAgents: number;
   draining: boolean;
   stats: Record<string, number>;
+  /** Times this worker fenced shards (its lease lapsed, or the assignment moved them on). */
+  fences?: number;
+  /** The backend's counters (NatsBackendStats: fenced, snapshotConflicts, resyncs, …). */
+  backend?: Record<string, number>;
 }
 
 /** The error answer of the control API. */

@@ -247,6 +247,7 @@ export async function connect(options: ConnectOptions): Promise<TroupeClient> {
     quarantine: (ref, reason) => runtime.quarantine(ref, reason),
     release: (ref) => runtime.release(ref),
     quarantined: () => runtime.quarantined(),
+    replay: (ref, options) => runtime.replay(ref, options),
     parked: (limit) => runtime.parked(limit),
     use: (stage) => runtime.use(stage),
     stages: () => runtime.stages(),

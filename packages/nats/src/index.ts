@@ -5,6 +5,8 @@ export {
   type NatsBackend,
   type NatsBackendOptions,
   type NatsBackendStats,
+  type OwnShardsOptions,
+  type ShardFence,
 } from "./backend.js";
 export {
   type ConnectNatsOptions,
@@ -13,6 +15,7 @@ export {
   connectNats,
   type TroupeClient,
 } from "./connect.js";
+export { type AgentHistoryOptions, agentHistory } from "./history.js";
 export {
   addressFromToken,
   DEFAULT_NAMESPACE,

@@ -18,6 +18,7 @@ export {
   DEFAULT_INBOX_MAX_AGE_MS,
   DEFAULT_PARKED_MAX_AGE_MS,
   ensureShardConsumer,
+  heldStreamConfig,
   inboxStreamConfig,
   MAX_ACK_PENDING,
   MAX_SHARD_COUNT,

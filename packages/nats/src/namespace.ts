@@ -53,6 +53,8 @@ export interface NamespaceNames {
   inboxStream: string;
   /** `TROUPE_<NS>_PARKED` */
   parkedStream: string;
+  /** `TROUPE_<NS>_HELD`: quarantined agents' messages, kept until release (no max age). */
+  heldStream: string;
   /** `troupe.<ns>.in.>` */
   inboxSubjects: string;
   /** `troupe.<ns>.parked.>` */
@@ -65,6 +67,14 @@ export interface NamespaceNames {
   shardConsumer(shard: number): string;
   /** `troupe.<ns>.parked.<token>` */
   parkedSubject(token: string): string;
+  /**
+   * `troupe.<ns>.held.<token>`: a quarantined agent's held messages, in stream
+   * `TROUPE_<NS>_HELD`: a subject per agent so release can read and purge exactly them, in
+   * order, and one stream info counts them per agent.
+   */
+  heldSubject(token: string): string;
+  /** `troupe.<ns>.held.*`: every agent's held messages. */
+  heldSubjects: string;
   /** `troupe.<ns>.client.<clientId>` */
   clientSubject(clientId: string): string;
   /** `troupe.<ns>.ctl.<verb>` */
@@ -119,6 +129,7 @@ export function namespaceNames(namespace: string): NamespaceNames {
     namespace,
     inboxStream: `TROUPE_${NS}_INBOX`,
     parkedStream: `TROUPE_${NS}_PARKED`,
+    heldStream: `TROUPE_${NS}_HELD`,
     inboxSubjects: `${base}.in.>`,
     parkedSubjects: `${base}.parked.>`,
     inboxSubject: (shard, token) => `${base}.in.${shard}.${token}`,
@@ -131,6 +142,8 @@ export function namespaceNames(namespace: string): NamespaceNames {
       return `shard-${shard}`;
     },
     parkedSubject: (token) => `${base}.parked.${token}`,
+    heldSubject: (token) => `${base}.held.${token}`,
+    heldSubjects: `${base}.held.*`,
     clientSubject: (clientId) => {
       checkToken("client id", clientId);
       return `${base}.client.${clientId}`;
@@ -330,6 +343,30 @@ export function parkedStreamConfig(
     discard: DiscardPolicy.Old,
     allow_direct: true,
     metadata: { "troupe.kind": "parked", "troupe.namespace": names.namespace },
+  };
+}
+
+/**
+ * The held stream: no max age and no size limit that could discard, because a held message
+ * is one the agent has not processed yet (nothing is dropped silently). Release purges them.
+ */
+export function heldStreamConfig(
+  names: NamespaceNames,
+  o: { replicas: number; maxPayload: number; duplicateWindowMs: number },
+): StreamSpec {
+  return {
+    name: names.heldStream,
+    description: `Troupe messages held for quarantined agents of namespace ${names.namespace}`,
+    subjects: [names.heldSubjects],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    max_age: 0,
+    duplicate_window: nanos(o.duplicateWindowMs),
+    max_msg_size: o.maxPayload,
+    discard: DiscardPolicy.New,
+    allow_direct: true,
+    metadata: { "troupe.kind": "held", "troupe.namespace": names.namespace },
   };
 }
 
@@ -733,6 +770,15 @@ export async function ensureNamespace(
     ensureStream(
       jsm,
       parkedStreamConfig(names, {
+        replicas,
+        maxPayload: server.maxPayload,
+        duplicateWindowMs: DEFAULT_DUPLICATE_WINDOW_MS,
+      }),
+      logger,
+    ),
+    ensureStream(
+      jsm,
+      heldStreamConfig(names, {
         replicas,
         maxPayload: server.maxPayload,
         duplicateWindowMs: DEFAULT_DUPLICATE_WINDOW_MS,

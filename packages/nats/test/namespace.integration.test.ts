@@ -188,6 +188,13 @@ describe("ensureNamespace on a server", () => {
       expect(streams).toContain(`KV_troupe_${namespace}_${b}`);
     }
     expect(streams).toContain(names.parkedStream);
+    // held messages never age out: no max_age, and nothing discarded to make room
+    const held = await jsm.streams.info(names.heldStream);
+    expect(held.config).toMatchObject({
+      max_age: 0,
+      discard: "new",
+      subjects: [names.heldSubjects],
+    });
   });
 
   it("refuses a shard count that differs from the namespace's", async () => {

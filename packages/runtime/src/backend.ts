@@ -3,6 +3,7 @@
  * (in-process) backend implements it here; the JetStream backend implements it in @troupe/nats.
  */
 import type { Envelope, Frame } from "@troupe/wire";
+import type { ReplayMessage } from "./replay.js";
 
 /** A message taken from the durable inbox, to be acknowledged once its effects are stored. */
 export interface Delivery {
@@ -75,6 +76,12 @@ export interface QuarantineEntry {
   since: number;
   /** "auto" after handler failures, "manual" when an operator did it. */
   by: "auto" | "manual";
+  /**
+   * Set (ms) when a release started: the held messages are being delivered. The entry is
+   * deleted only once none is left, so an activation that finds this flag (after a crash,
+   * on a new owner) finishes the release before it takes new messages.
+   */
+  releasing?: number;
 }
 
 /** Quarantined agents survive runtime restarts: the registry lives in the backend. */
@@ -96,10 +103,38 @@ export interface ParkedFrame {
   frame?: Frame;
 }
 
+/** A quarantined agent's inbox message, to be held (parked in order) until release. */
+export interface HeldMessage {
+  to: string;
+  /** Its inbox sequence: release hands it back under it, so `lastSequence` dedup applies. */
+  sequence: number;
+  frame?: Frame;
+  bytes?: Uint8Array;
+}
+
 export interface ParkingLot {
+  /** Parks a refused frame (decode, crypto, validation, …) with its reason, for audit. */
   park(entry: ParkedFrame): Promise<void>;
+  /** Refused frames, newest last (held messages are not listed). */
   list(limit?: number): Promise<ParkedFrame[]>;
+  /** Refused frames stored. */
   count(): Promise<number>;
+  /**
+   * Holds a quarantined agent's message: stores it durably after the ones held before, and
+   * resolves once it is stored (only then may the inbox copy be acknowledged). Idempotent
+   * per inbox sequence: holding the same message again stores it once.
+   */
+  hold(message: HeldMessage): Promise<void>;
+  /**
+   * The oldest held messages of `address` with an inbox sequence above `after`, in the order
+   * they were held, as deliveries: `ack` = delivered and stored, remove it from the lot;
+   * `nak` = keep it.
+   */
+  held(address: string, options: { after: number; limit: number }): Promise<Delivery[]>;
+  /** How many messages are held for `address`. */
+  heldCount(address: string): Promise<number>;
+  /** Held messages per agent address (agents with none are left out). */
+  heldCounts(): Promise<Map<string, number>>;
 }
 
 export interface BackendHandlers {
@@ -125,6 +160,19 @@ export interface Backend {
    * `runtime.settled()` see a message between one agent's publish and the next one's turn.
    */
   pendingDeliveries?(): number;
+  /**
+   * An agent's inbox messages in inbox order, for replay; absent when the backend keeps no
+   * history (the embedded one forgets acknowledged messages).
+   */
+  history?(
+    address: string,
+    options: { fromSequence?: number; toSequence?: number },
+  ): AsyncIterable<ReplayMessage>;
+  /**
+   * Whether this process hosts `address` now (a worker: its shard is pulled here). Absent =
+   * everything (embedded). Release activates an agent only where it is hosted.
+   */
+  hosts?(address: string): boolean;
   /** Stop delivering; unacknowledged messages stay for the next consumer. */
   close(): Promise<void>;
 }

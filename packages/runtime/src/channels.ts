@@ -94,8 +94,7 @@ class CallableHost extends Host {
   }
 
   protected async activate(): Promise<boolean> {
-    const q = await this.kernel.backend.quarantine.get(this.address);
-    if (q !== undefined) this.state = LifecycleState.QUARANTINED;
+    await this.restoreQuarantine(await this.kernel.backend.quarantine.get(this.address));
     return true;
   }
 

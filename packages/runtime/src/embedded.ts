@@ -10,6 +10,7 @@ import type {
   Backend,
   BackendHandlers,
   Delivery,
+  HeldMessage,
   Outgoing,
   ParkedFrame,
   ParkingLot,
@@ -234,7 +235,54 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
 
   const parkedFrames: ParkedFrame[] = [];
   let parkedTotal = 0;
+  // Held messages of quarantined agents, per address in the order they were held: kept apart
+  // from the refused frames (never trimmed) until release delivers and removes them.
+  const heldByAddress = new Map<string, HeldMessage[]>();
+  const removeHeld = (address: string, sequence: number): void => {
+    const list = heldByAddress.get(address);
+    if (list === undefined) return;
+    const i = list.findIndex((m) => m.sequence === sequence);
+    if (i >= 0) list.splice(i, 1);
+    if (list.length === 0) heldByAddress.delete(address);
+  };
   const parked: ParkingLot = {
+    async hold(message) {
+      let list = heldByAddress.get(message.to);
+      if (list === undefined) {
+        list = [];
+        heldByAddress.set(message.to, list);
+      }
+      if (list.some((m) => m.sequence === message.sequence)) return;
+      const copy: HeldMessage = { to: message.to, sequence: message.sequence };
+      if (message.frame !== undefined) copy.frame = message.frame;
+      else if (message.bytes !== undefined) copy.bytes = message.bytes;
+      list.push(copy);
+    },
+    async held(address, { after, limit }) {
+      const list = heldByAddress.get(address) ?? [];
+      const out: Delivery[] = [];
+      for (const m of list) {
+        if (out.length >= limit) break;
+        if (m.sequence <= after) continue;
+        const d: Delivery = {
+          to: m.to,
+          sequence: m.sequence,
+          redelivered: true,
+          ...(m.frame === undefined ? {} : { frame: m.frame }),
+          ...(m.bytes === undefined ? {} : { bytes: m.bytes }),
+          ack: () => removeHeld(address, m.sequence),
+          nak: () => {},
+        };
+        out.push(d);
+      }
+      return out;
+    },
+    async heldCount(address) {
+      return heldByAddress.get(address)?.length ?? 0;
+    },
+    async heldCounts() {
+      return new Map([...heldByAddress].map(([a, list]) => [a, list.length]));
+    },
     async park(entry) {
       parkedTotal++;
       parkedFrames.push(entry);

@@ -25,7 +25,7 @@ import {
 } from "./actions.js";
 import type { AgentDefinition } from "./agent.js";
 import { findInlineChildren } from "./agent.js";
-import type { Delivery, SnapshotRecord } from "./backend.js";
+import type { Delivery, QuarantineEntry, SnapshotRecord } from "./backend.js";
 import type { Kernel } from "./kernel.js";
 import { isPromise, type StageContext, type StageResult } from "./pipeline.js";
 
@@ -43,7 +43,7 @@ export interface HostStatus {
   pendingMessageCount: number;
 }
 
-/** Messages handled per group commit, at most. */
+/** Messages handled per group commit, at most; also the page size of held messages on release. */
 const MAX_BATCH = 512;
 
 /** The event an agent gets when something it sent failed at the receiver. */
@@ -75,6 +75,14 @@ export abstract class Host implements Emitter {
   #dirty = false;
   lastActivity: number;
   closed = false;
+  /** A release is delivering the held messages: they go before anything in the mailbox. */
+  #releasing = false;
+  /** Held messages read back from the parking lot for release, in order. */
+  #heldQueue: Delivery[] = [];
+  /** Held messages in the parking lot not read back yet (as far as this activation knows). */
+  #heldStored = 0;
+  /** The inbox sequence of the last held message read back (the next page starts after it). */
+  #heldAfter = 0;
 
   constructor(address: string, kernel: Kernel) {
     this.address = address;
@@ -83,11 +91,17 @@ export abstract class Host implements Emitter {
   }
 
   get busy(): boolean {
-    return this.#draining !== undefined || this.mailbox.length > 0 || this.#kickScheduled;
+    return (
+      this.#draining !== undefined ||
+      this.mailbox.length > 0 ||
+      this.#kickScheduled ||
+      this.#releasing
+    );
   }
 
+  /** Messages waiting for this agent: in the mailbox, and held for it while quarantined. */
   get pendingMessageCount(): number {
-    return this.mailbox.length;
+    return this.mailbox.length + this.#heldQueue.length + this.#heldStored;
   }
 
   abstract get channelCount(): number;
@@ -96,19 +110,15 @@ export abstract class Host implements Emitter {
     return {
       state: this.state,
       channelCount: this.channelCount,
-      pendingMessageCount: this.mailbox.length,
+      pendingMessageCount: this.pendingMessageCount,
     };
   }
 
   enqueue(d: Delivery): void {
     // (lastActivity is stamped when a drain ends; a non-empty mailbox is never idle anyway)
     this.mailbox.push(d);
-    if (
-      this.#draining === undefined &&
-      this.#backoff === undefined &&
-      !this.#kickScheduled &&
-      this.state !== LifecycleState.QUARANTINED
-    ) {
+    // (a quarantined host drains too: it moves its mailbox to the parking lot)
+    if (this.#draining === undefined && this.#backoff === undefined && !this.#kickScheduled) {
       // start on a microtask: deliveries handed over in the same turn join this first batch
       // (one group commit for all of them instead of one for the first and one for the rest)
       this.#kickScheduled = true;
@@ -119,7 +129,7 @@ export abstract class Host implements Emitter {
           this.#backoff === undefined &&
           this.mailbox.length > 0
         ) {
-          if (this.state !== LifecycleState.QUARANTINED) this.kick();
+          this.kick();
         }
       });
     }
@@ -133,10 +143,11 @@ export abstract class Host implements Emitter {
     const p = this.#drain().finally(() => {
       this.#draining = undefined;
       this.lastActivity = this.kernel.clock.now();
-      // more arrived while finishing up (unless a reset is waiting out its backoff)
+      // more arrived while finishing up, or a release began (unless a reset is waiting out
+      // its backoff)
       if (
-        this.mailbox.length > 0 &&
-        this.state === LifecycleState.ACTIVE &&
+        (this.mailbox.length > 0 || (this.#releasing && this.state === LifecycleState.ACTIVE)) &&
+        (this.state === LifecycleState.ACTIVE || this.state === LifecycleState.QUARANTINED) &&
         !this.closed &&
         this.#backoff === undefined
       ) {
@@ -156,14 +167,39 @@ export abstract class Host implements Emitter {
 
   async #drain(): Promise<void> {
     try {
+      if (!this.#activated && this.state === LifecycleState.QUARANTINED) {
+        // quarantined before it (re)started: park its messages without starting it
+        await this.#parkMailbox();
+        return;
+      }
       if (!this.#activated) {
-        // not ready = it could not start and is quarantined: its messages stay held
-        if (!(await this.activate())) return;
+        // not ready = it could not start and is quarantined: its messages are held
+        if (!(await this.activate())) {
+          if (this.state === LifecycleState.QUARANTINED) await this.#parkMailbox();
+          return;
+        }
         this.#activated = true;
         if (this.state === LifecycleState.BOUND) this.state = LifecycleState.ACTIVE;
       }
-      while (this.mailbox.length > 0 && this.state === LifecycleState.ACTIVE && !this.closed) {
-        await this.#runBatch();
+      while (!this.closed) {
+        if (this.state === LifecycleState.QUARANTINED) {
+          // what was read back for a release stays in the parking lot, in its place
+          this.#dropHeldQueue();
+          await this.#parkMailbox();
+          break;
+        }
+        if (this.state !== LifecycleState.ACTIVE) break;
+        if (this.#releasing) {
+          // held messages first, page by page; new ones wait in the mailbox meanwhile
+          if (this.#heldQueue.length === 0 && !(await this.#readHeld())) {
+            await this.#finishRelease();
+            continue;
+          }
+          await this.#runBatch(this.#heldQueue);
+          continue;
+        }
+        if (this.mailbox.length === 0) break;
+        await this.#runBatch(this.mailbox);
       }
       if ((this.#dirty || this.outputs.length > 0) && this.#activated) {
         this.#dirty = false;
@@ -214,13 +250,81 @@ export abstract class Host implements Emitter {
     );
     const held = this.mailbox.splice(0);
     for (const d of held) d.nak();
+    this.#dropHeldQueue();
     this.closed = true;
     this.kernel.forget(this);
     this.stopActor();
   }
 
-  async #runBatch(): Promise<void> {
-    const batch = this.mailbox.splice(0, MAX_BATCH);
+  /**
+   * Quarantined: each message goes to the parking lot (durably, in order) and only then is
+   * its inbox copy acknowledged, so the shard's consumer keeps flowing for the other agents.
+   * A failure to park throws: the mailbox stays as it is and the reset retries later.
+   */
+  async #parkMailbox(): Promise<void> {
+    while (this.mailbox.length > 0 && this.state === LifecycleState.QUARANTINED && !this.closed) {
+      const d = this.mailbox[0]!;
+      if (this.#activated && d.sequence <= this.lastSequence) {
+        // its effects are in the stored snapshot already (a redelivery)
+        this.mailbox.shift();
+        this.kernel.counters.skipped++;
+        d.ack();
+        continue;
+      }
+      const m: { to: string; sequence: number; frame?: Frame; bytes?: Uint8Array } = {
+        to: this.address,
+        sequence: d.sequence,
+      };
+      if (d.frame !== undefined) m.frame = d.frame;
+      else if (d.bytes !== undefined) m.bytes = d.bytes;
+      await this.kernel.backend.parked.hold(m);
+      if (this.mailbox[0] === d) this.mailbox.shift();
+      this.#heldStored++;
+      this.kernel.counters.held++;
+      d.ack();
+    }
+  }
+
+  /** Reads the next page of held messages; false when none is left. */
+  async #readHeld(): Promise<boolean> {
+    const page = await this.kernel.backend.parked.held(this.address, {
+      after: this.#heldAfter,
+      limit: MAX_BATCH,
+    });
+    if (page.length === 0) return false;
+    this.#heldAfter = page[page.length - 1]!.sequence;
+    this.#heldQueue.push(...page);
+    this.#heldStored = Math.max(0, this.#heldStored - page.length);
+    return true;
+  }
+
+  /** Every held message is delivered: lift the quarantine for good. */
+  async #finishRelease(): Promise<void> {
+    await this.kernel.backend.quarantine.delete(this.address);
+    this.#releasing = false;
+    this.#heldStored = 0;
+    this.#heldAfter = 0;
+    this.kernel.logger.info({ agent: this.address }, "released: held messages delivered");
+  }
+
+  #dropHeldQueue(): void {
+    this.#heldStored += this.#heldQueue.length;
+    this.#heldQueue = [];
+    this.#heldAfter = 0;
+  }
+
+  /** Picks up the quarantine state stored for this agent at activation. */
+  protected async restoreQuarantine(q: QuarantineEntry | undefined): Promise<void> {
+    if (q === undefined) return;
+    this.#heldStored = await this.kernel.backend.parked.heldCount(this.address);
+    this.#heldAfter = 0;
+    // a release that was under way (crash, shard move): finish it before new messages
+    if (q.releasing !== undefined) this.#releasing = true;
+    else this.state = LifecycleState.QUARANTINED;
+  }
+
+  async #runBatch(queue: Delivery[]): Promise<void> {
+    const batch = queue.splice(0, MAX_BATCH);
     const done: Delivery[] = [];
     let changed = false;
     let stoppedAt = -1;
@@ -232,7 +336,7 @@ export abstract class Host implements Emitter {
         outcome = isPromise<Outcome>(o) ? await o : o;
       } catch (e) {
         // nothing of this batch is stored: all of it goes back, to be delivered again
-        this.mailbox.unshift(...batch);
+        queue.unshift(...batch);
         this.outputs = [];
         throw e;
       }
@@ -248,8 +352,8 @@ export abstract class Host implements Emitter {
         break;
       }
     }
-    if (stoppedAt >= 0) this.mailbox.unshift(...batch.slice(stoppedAt));
-    await this.#commit(done, changed);
+    if (stoppedAt >= 0) queue.unshift(...batch.slice(stoppedAt));
+    await this.#commit(done, changed, queue);
   }
 
   /** The actor moved on its own (not by a message): store that and publish what it sent. */
@@ -258,7 +362,8 @@ export abstract class Host implements Emitter {
     if (this.#draining === undefined && !this.closed) queueMicrotask(() => this.kick());
   }
 
-  async #commit(done: Delivery[], changed: boolean): Promise<void> {
+  /** `queue`: where `done` goes back to if it cannot be stored (the mailbox, or held ones). */
+  async #commit(done: Delivery[], changed: boolean, queue = this.mailbox): Promise<void> {
     if (this.#dirty) {
       this.#dirty = false;
       changed = true;
@@ -273,7 +378,7 @@ export abstract class Host implements Emitter {
       } catch (e) {
         if (isTransient(e)) {
           // nothing of this batch is stored: all of it is handled again after the reset
-          this.mailbox.unshift(...done);
+          queue.unshift(...done);
           throw e;
         }
         if (e instanceof TroupeError && e.code === ErrorCode.STORAGE_ERROR && e.details?.conflict) {
@@ -283,7 +388,7 @@ export abstract class Host implements Emitter {
         }
         // the new state cannot be stored (not serialisable): roll back, hold the batch
         await this.rollback();
-        this.mailbox.unshift(...done);
+        queue.unshift(...done);
         this.lastSequence = done.length > 0 ? done[0]!.sequence - 1 : this.lastSequence;
         await this.enterQuarantine(
           e instanceof TroupeError ? e.message : `snapshot could not be stored: ${String(e)}`,
@@ -299,7 +404,7 @@ export abstract class Host implements Emitter {
       // Stored but not (all) published: the outbox in the snapshot has them. The batch goes
       // back in line; after the reset the snapshot covers it (skipped, acknowledged) and the
       // outbox is published again (dedup drops what did go out).
-      this.mailbox.unshift(...done);
+      queue.unshift(...done);
       throw e;
     }
     for (const d of done) d.ack();
@@ -464,6 +569,8 @@ export abstract class Host implements Emitter {
 
   async enterQuarantine(reason: string, by: "auto" | "manual"): Promise<void> {
     this.state = LifecycleState.QUARANTINED;
+    // a release under way stops here: what it did not deliver stays held, in order
+    this.#releasing = false;
     this.kernel.counters.quarantines++;
     await this.kernel.backend.quarantine.set({
       address: this.address,
@@ -473,11 +580,16 @@ export abstract class Host implements Emitter {
     });
   }
 
-  /** Back to ACTIVE: held messages are delivered first, in order, then new ones. */
+  /**
+   * Back to ACTIVE: the held messages are delivered first, in order, then what waits in the
+   * mailbox; the quarantine entry is deleted once none is left. Returns how many are held.
+   */
   release(): number {
-    const n = this.mailbox.length;
+    const n = this.pendingMessageCount;
     if (this.state === LifecycleState.QUARANTINED) this.state = LifecycleState.ACTIVE;
-    if (this.mailbox.length > 0) this.kick();
+    this.#releasing = true;
+    this.#heldAfter = 0;
+    if (this.#backoff === undefined && !this.closed) void this.kick();
     return n;
   }
 
@@ -683,7 +795,7 @@ export class AgentHost extends Host {
       }
     }
     this.kernel.counters.activations++;
-    if (q !== undefined) this.state = LifecycleState.QUARANTINED;
+    await this.restoreQuarantine(q);
     return true;
   }
 

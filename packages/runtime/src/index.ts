@@ -21,6 +21,7 @@ export type {
   Backend,
   BackendHandlers,
   Delivery,
+  HeldMessage,
   Outgoing,
   ParkedFrame,
   ParkingLot,
@@ -50,11 +51,15 @@ export type { Logger } from "./logger.js";
 export { silentLogger } from "./logger.js";
 export type { Stage, StageContext, StageInfo, StageResult } from "./pipeline.js";
 export { StageOrder } from "./pipeline.js";
+export type { ReplayMessage, ReplayOptions, ReplayResult, ReplayStep } from "./replay.js";
+export { replayAgent } from "./replay.js";
 export type {
   AgentRef,
   AgentStatus,
   AnyAgentEvent,
   Receipt,
+  ReplayReport,
+  ReplayRequest,
   RequestOptions,
   Runtime,
   RuntimeConfig,

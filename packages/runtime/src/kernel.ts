@@ -31,6 +31,8 @@ export interface RuntimeStats {
   activations: number;
   passivations: number;
   quarantines: number;
+  /** Messages of quarantined agents moved to the parking lot (held until release). */
+  held: number;
   /** Frames published by agents. */
   published: number;
   /** Replies that arrived after their request timed out. */
@@ -66,6 +68,7 @@ export function newStats(): RuntimeStats {
     activations: 0,
     passivations: 0,
     quarantines: 0,
+    held: 0,
     published: 0,
     lateReplies: 0,
     faults: 0,

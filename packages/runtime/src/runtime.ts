@@ -28,6 +28,7 @@ import { AgentHost, type Host, type HostStatus, LifecycleState } from "./host.js
 import { type Kernel, newStats, type ResolvedConfig, type RuntimeStats } from "./kernel.js";
 import { type Logger, silentLogger } from "./logger.js";
 import { isPromise, Pipeline, type Stage, type StageInfo } from "./pipeline.js";
+import { type ReplayResult, type ReplayStep, replayAgent } from "./replay.js";
 import { builtInStages } from "./stages.js";
 
 export interface RuntimeConfig {
@@ -102,6 +103,15 @@ export interface Runtime {
   /** Lift quarantine; held messages are delivered first, in order. Returns how many were held. */
   release(ref: AgentRef | string): Promise<number>;
   quarantined(): Promise<QuarantineEntry[]>;
+  /**
+   * Replays the agent's message history (backends that keep one, e.g. NATS) through its
+   * machine in a sandbox, up to the last message its stored snapshot covers. With `dryRun`
+   * it only reports each step. Without, it rebuilds the agent: the activation is passivated,
+   * messages for it wait, and the replayed state replaces the stored one (compare-and-set;
+   * its outbox and sequence numbers are kept, nothing is sent again). A replay in which a
+   * message fails changes nothing (INVALID_STATE).
+   */
+  replay(ref: AgentRef | string, options?: ReplayRequest): Promise<ReplayReport>;
   /** Frames refused by the pipeline (with their reasons), newest last. */
   parked(limit?: number): Promise<ParkedFrame[]>;
   /** Add a checkpoint stage (needs `enableHooks`). */
@@ -112,6 +122,22 @@ export interface Runtime {
   settled(): Promise<void>;
   /** Finishes in-flight work, persists snapshots, stops. */
   shutdown(): Promise<void>;
+}
+
+export interface ReplayRequest {
+  /** Start from the machine's initial state with the message at this inbox sequence (default 1). */
+  fromSequence?: number;
+  /** Report only: no snapshot is written. */
+  dryRun?: boolean;
+  onStep?: (step: ReplayStep) => void;
+}
+
+export interface ReplayReport extends ReplayResult {
+  dryRun: boolean;
+  /** True when the rebuilt state was stored. */
+  stored: boolean;
+  /** The last inbox sequence the stored snapshot covered: where the replay stopped. */
+  toSequence: number;
 }
 
 interface PendingRequest {
@@ -236,6 +262,11 @@ export class RuntimeCore implements Kernel, Runtime {
   #route(d: Delivery): void {
     // hosts are closing for good: leave it unacknowledged for the next consumer
     if (this.#closingHosts && !this.hosts.has(d.to)) return;
+    const rebuilding = this.#rebuilding.get(d.to);
+    if (rebuilding !== undefined) {
+      rebuilding.push(d);
+      return;
+    }
     let host = this.hosts.get(d.to);
     if (host === undefined) {
       const created = this.#createHost(d.to);
@@ -539,6 +570,8 @@ export class RuntimeCore implements Kernel, Runtime {
     const host = this.hosts.get(address);
     if (host !== undefined) {
       await host.enterQuarantine(reason, "manual");
+      // what waits in its mailbox goes to the parking lot now
+      if (host.pendingMessageCount > 0) void host.kick();
       return;
     }
     this.counters.quarantines++;
@@ -548,16 +581,145 @@ export class RuntimeCore implements Kernel, Runtime {
   async release(ref: AgentRef | string): Promise<number> {
     const address = this.#addressOf(ref);
     const entry = await this.backend.quarantine.get(address);
-    const host = this.hosts.get(address);
+    let host = this.hosts.get(address);
     if (entry === undefined && host?.state !== LifecycleState.QUARANTINED) {
       throw new TroupeError(ErrorCode.INVALID_STATE, `${address} is not quarantined`);
     }
-    await this.backend.quarantine.delete(address);
-    return host === undefined ? 0 : host.release();
+    const held = host === undefined ? await this.backend.parked.heldCount(address) : 0;
+    if (host === undefined && held === 0) {
+      // nothing waits for it: the next message finds it released
+      await this.backend.quarantine.delete(address);
+      return 0;
+    }
+    if (host === undefined && this.backend.hosts?.(address) === false) {
+      throw new TroupeError(
+        ErrorCode.INVALID_STATE,
+        `${address} has ${held} held message(s) and is hosted by another process: release it where it is hosted (troupe release, or the ctl.release control subject)`,
+        { details: { address, held } },
+      );
+    }
+    // Marked first: a crash or shard move before the held messages are all delivered leaves
+    // the mark, and the next activation finishes the release before taking new messages.
+    if (entry !== undefined && entry.releasing === undefined) {
+      await this.backend.quarantine.set({ ...entry, releasing: this.clock.now() });
+    }
+    if (host === undefined) {
+      const created = this.#createHost(address);
+      if (created instanceof TroupeError) throw created;
+      host = created;
+      this.hosts.set(address, host);
+    }
+    return host.release();
+  }
+
+  /**
+   * @internal Finishes releases that were under way when their agents' previous host
+   * stopped (a crash, a shard move): activates each matching agent whose quarantine entry is
+   * marked releasing and is not active here. A worker calls it for the shards it takes on.
+   */
+  async resumeReleases(match: (address: string) => boolean): Promise<number> {
+    const entries = await this.backend.quarantine.list();
+    let n = 0;
+    for (const e of entries) {
+      if (e.releasing === undefined || this.hosts.has(e.address) || !match(e.address)) continue;
+      if (this.backend.hosts?.(e.address) === false) continue;
+      const created = this.#createHost(e.address);
+      if (created instanceof TroupeError) {
+        this.logger.warn({ agent: e.address, code: created.code }, created.message);
+        continue;
+      }
+      this.hosts.set(e.address, created);
+      created.release();
+      n++;
+    }
+    return n;
   }
 
   quarantined(): Promise<QuarantineEntry[]> {
     return this.backend.quarantine.list();
+  }
+
+  /** Deliveries for agents being rebuilt by replay: they wait, in order, until it is done. */
+  readonly #rebuilding = new Map<string, Delivery[]>();
+
+  async replay(ref: AgentRef | string, options: ReplayRequest = {}): Promise<ReplayReport> {
+    this.#checkRunning();
+    const address = this.#addressOf(ref);
+    const { type } = parseAgentAddress(address);
+    const def = this.definitions.get(type);
+    if (def === undefined) {
+      throw new TroupeError(ErrorCode.UNKNOWN_AGENT, `no agent type "${type}" is defined here`, {
+        details: { address },
+      });
+    }
+    const backend = this.backend;
+    if (backend.history === undefined) {
+      throw new TroupeError(
+        ErrorCode.INVALID_STATE,
+        `the ${backend.kind} backend keeps no message history to replay`,
+      );
+    }
+    const fromSequence = options.fromSequence ?? 1;
+    if (!Number.isSafeInteger(fromSequence) || fromSequence < 1) {
+      throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "fromSequence must be an integer >= 1");
+    }
+    const run = async (toSequence: number) => {
+      const replayOptions = options.onStep === undefined ? {} : { onStep: options.onStep };
+      if (toSequence < fromSequence) return replayAgent(def, address, [], replayOptions);
+      const history = backend.history!(address, { fromSequence, toSequence });
+      return replayAgent(def, address, history, replayOptions);
+    };
+    if (options.dryRun) {
+      const stored = await backend.snapshots.get(address);
+      const toSequence = stored?.record.lastSequence ?? 0;
+      return { ...(await run(toSequence)), dryRun: true, stored: false, toSequence };
+    }
+    for (let attempt = 1; ; attempt++) {
+      const held: Delivery[] = [];
+      this.#rebuilding.set(address, held);
+      try {
+        await this.passivateWhere((a) => a === address);
+        await this.waitForPassivation(address);
+        const stored = await backend.snapshots.get(address);
+        const toSequence = stored?.record.lastSequence ?? 0;
+        const result = await run(toSequence);
+        if (stored === undefined) return { ...result, dryRun: false, stored: false, toSequence };
+        if (result.children.length > 0) {
+          throw new TroupeError(
+            ErrorCode.INVALID_STATE,
+            `replay of ${address}: its history ends in a state with child actors running (${result.children.join(", ")}), which a replay does not run; rebuild it when it is idle. Its stored state is unchanged`,
+            { details: { address, children: result.children } },
+          );
+        }
+        if (result.failed > 0) {
+          const first = result.steps.find((s) => s.outcome === "failed");
+          throw new TroupeError(
+            ErrorCode.INVALID_STATE,
+            `replay of ${address}: ${result.failed} message(s) failed (the first at inbox sequence ${first?.sequence}: ${first?.error}); its stored state is unchanged`,
+            { details: { address, failed: result.failed, firstFailed: first?.sequence } },
+          );
+        }
+        try {
+          await backend.snapshots.put(
+            address,
+            { ...stored.record, state: result.snapshot, updatedAt: this.clock.now() },
+            stored.revision,
+          );
+        } catch (e) {
+          // written meanwhile (an activation elsewhere, e.g. during a shard move): again
+          if (e instanceof TroupeError && e.details?.conflict && attempt < 3) continue;
+          throw e;
+        }
+        this.logger.info(
+          { agent: address, fromSequence, toSequence, steps: result.steps.length },
+          "agent rebuilt from its history",
+        );
+        return { ...result, dryRun: false, stored: true, toSequence };
+      } finally {
+        this.#rebuilding.delete(address);
+        for (const d of held) this.#route(d);
+      }
+    }
   }
 
   parked(limit?: number): Promise<ParkedFrame[]> {
@@ -623,10 +785,14 @@ export class RuntimeCore implements Kernel, Runtime {
     let quietRounds = 0;
     while (quietRounds < 2) {
       await new Promise<void>((r) => setImmediate(r));
-      // a quarantined host holds its mailbox until release: not work in progress. A BOUND
-      // one is still activating (restoring its snapshot, e.g. from KV) and is.
+      // A BOUND host is still activating (restoring its snapshot, e.g. from KV); a
+      // quarantined one that is busy is moving its mailbox to the parking lot.
       const busy = [...this.hosts.values()].filter(
-        (h) => h.busy && (h.state === LifecycleState.ACTIVE || h.state === LifecycleState.BOUND),
+        (h) =>
+          h.busy &&
+          (h.state === LifecycleState.ACTIVE ||
+            h.state === LifecycleState.BOUND ||
+            h.state === LifecycleState.QUARANTINED),
       );
       const work = [...this.#orphanWork, ...this.#passivating.values()];
       const undelivered = this.backend.pendingDeliveries?.() ?? 0;

@@ -1,0 +1,174 @@
+/**
+ * `troupe quarantine`, `troupe release` and `troupe quarantined`: the coordinator leader's
+ * quarantine control API (`troupe.<ns>.ctl.quarantine|release|quarantined`, docs/cluster.md).
+ */
+
+import type { NatsConnection } from "@nats-io/transport-node";
+import { errors } from "@nats-io/transport-node";
+import { duration, messageOf, table } from "../format.js";
+import { failure, type Io, usageError, writeLine } from "../io.js";
+import { parseAddress } from "../message.js";
+import { openNats } from "../nats.js";
+import { type GlobalOptions, resolveSettings, type Settings } from "../settings.js";
+
+export interface QuarantineOptions extends GlobalOptions {
+  reason?: string;
+  json?: boolean;
+  timeout?: number;
+}
+
+/** One entry of the `ctl.quarantined` reply. */
+export interface QuarantinedAgent {
+  address: string;
+  reason: string;
+  by: "auto" | "manual";
+  since: number;
+  releasing?: number;
+  held: number;
+}
+
+/** Asks the leader; an `{ error }` reply becomes a failure printed as its code and message. */
+async function ask(
+  nc: NatsConnection,
+  settings: Settings,
+  verb: string,
+  body: object,
+  timeoutMs: number,
+): Promise<{ text: string; reply: Record<string, unknown> }> {
+  let data: Uint8Array;
+  try {
+    const msg = await nc.request(`troupe.${settings.namespace}.ctl.${verb}`, JSON.stringify(body), {
+      timeout: timeoutMs,
+    });
+    data = msg.data;
+  } catch (e) {
+    const noResponders =
+      e instanceof errors.NoRespondersError ||
+      (e instanceof errors.RequestError && e.isNoResponders()) ||
+      (e instanceof Error && e.cause instanceof errors.NoRespondersError);
+    if (noResponders) {
+      throw failure(
+        `no coordinator is running in namespace ${settings.namespace} at ${settings.natsUrl}`,
+      );
+    }
+    if (
+      e instanceof errors.TimeoutError ||
+      (e instanceof Error && e.cause instanceof errors.TimeoutError)
+    ) {
+      throw failure(
+        `the coordinator of namespace ${settings.namespace} did not answer within ${timeoutMs} ms`,
+      );
+    }
+    throw failure(`${verb} request failed: ${messageOf(e)}`, { cause: e });
+  }
+  const text = new TextDecoder().decode(data);
+  let reply: unknown;
+  try {
+    reply = JSON.parse(text);
+  } catch (e) {
+    throw failure(`the coordinator's ${verb} reply is not JSON: ${messageOf(e)}`);
+  }
+  const r = (reply ?? {}) as Record<string, unknown>;
+  const error = r.error as { code?: unknown; message?: unknown } | undefined;
+  if (error !== undefined && error !== null) {
+    throw failure(`${String(error.code)}: ${String(error.message)}`);
+  }
+  return { text, reply: r };
+}
+
+async function withNats<T>(
+  options: GlobalOptions,
+  io: Io,
+  fn: (nc: NatsConnection, settings: Settings) => Promise<T>,
+): Promise<T> {
+  const settings = resolveSettings(options, io);
+  const nc = await openNats(settings);
+  try {
+    return await fn(nc, settings);
+  } finally {
+    await nc.close();
+  }
+}
+
+export async function quarantine(
+  address: string,
+  options: QuarantineOptions,
+  io: Io,
+): Promise<number> {
+  const { type, key } = parseAddress(address);
+  const reason = options.reason?.trim() ?? "";
+  if (reason === "") throw usageError('--reason must say why (e.g. --reason "bad input")');
+  return withNats(options, io, async (nc, settings) => {
+    const { text, reply } = await ask(
+      nc,
+      settings,
+      "quarantine",
+      { address: `${type}/${key}`, reason },
+      options.timeout ?? 10_000,
+    );
+    if (options.json) writeLine(io.stdout, text.trim());
+    else writeLine(io.stdout, `quarantined ${type}/${key} on ${String(reply.worker)}: ${reason}`);
+    return 0;
+  });
+}
+
+export async function release(
+  address: string,
+  options: QuarantineOptions,
+  io: Io,
+): Promise<number> {
+  const { type, key } = parseAddress(address);
+  return withNats(options, io, async (nc, settings) => {
+    const { text, reply } = await ask(
+      nc,
+      settings,
+      "release",
+      { address: `${type}/${key}` },
+      options.timeout ?? 10_000,
+    );
+    if (options.json) writeLine(io.stdout, text.trim());
+    else {
+      const held = typeof reply.held === "number" ? reply.held : 0;
+      writeLine(
+        io.stdout,
+        `released ${type}/${key} on ${String(reply.worker)}: ${held} held message${held === 1 ? "" : "s"} delivered first, in order`,
+      );
+    }
+    return 0;
+  });
+}
+
+export async function quarantined(options: QuarantineOptions, io: Io): Promise<number> {
+  return withNats(options, io, async (nc, settings) => {
+    const { text, reply } = await ask(nc, settings, "quarantined", {}, options.timeout ?? 10_000);
+    if (options.json) {
+      writeLine(io.stdout, text.trim());
+      return 0;
+    }
+    const agents = (Array.isArray(reply.agents) ? reply.agents : []) as QuarantinedAgent[];
+    writeLine(io.stdout, renderQuarantined(agents, settings.namespace, Date.now()));
+    return 0;
+  });
+}
+
+/** The table people read: one row per quarantined agent. */
+export function renderQuarantined(
+  agents: readonly QuarantinedAgent[],
+  namespace: string,
+  now: number,
+): string {
+  if (agents.length === 0) return `no agents are quarantined in namespace ${namespace}`;
+  return [
+    `${agents.length} quarantined agent${agents.length === 1 ? "" : "s"} in namespace ${namespace}`,
+    table(
+      ["agent", "reason", "by", "since", "parked"],
+      agents.map((a) => [
+        a.address,
+        a.reason.length > 60 ? `${a.reason.slice(0, 59)}…` : a.reason,
+        a.by,
+        `${new Date(a.since).toISOString()} (${duration(now - a.since)} ago)`,
+        a.releasing === undefined ? a.held : `${a.held} (releasing)`,
+      ]),
+    ),
+  ].join("\n");
+}

@@ -1,0 +1,170 @@
+/**
+ * Quarantine as a cluster operation, with real processes: a built coordinator and worker,
+ * the built `troupe` CLI. An agent quarantined through the CLI has its messages held in the
+ * parked stream; the worker is SIGKILLed and started again; the agent is still quarantined
+ * with its held messages, and `troupe release` delivers them in order before new ones.
+ */
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import { connect, type TroupeClient } from "@troupe/nats";
+import { findNatsServer, type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  buildApps,
+  CLI_MAIN,
+  COORDINATOR_MAIN,
+  clusterStatus,
+  logTail,
+  procs,
+  repo,
+  spawnNode,
+  stopAll,
+  stopProc,
+  WORKER_MAIN,
+  waitFor,
+} from "./procs.js";
+
+const FIXTURE = join(repo, "apps/worker/test/fixtures/quarantine-log.mjs");
+const NAMESPACE = "quar";
+const SHARDS = 4;
+const WORKER = "worker-q";
+
+const natsMissing = (() => {
+  try {
+    findNatsServer();
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+})();
+
+let server: NatsServerHandle;
+let nc: NatsConnection;
+let client: TroupeClient;
+
+async function troupe(
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(
+      process.execPath,
+      [CLI_MAIN, "--nats", server.url, "--namespace", NAMESPACE, ...args],
+      { timeout: 60_000 },
+    );
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    const x = e as { code?: number; stdout?: string; stderr?: string };
+    return { code: x.code ?? -1, stdout: x.stdout ?? "", stderr: x.stderr ?? "" };
+  }
+}
+
+function startWorker() {
+  return spawnNode(WORKER, WORKER_MAIN, [
+    "--nats",
+    server.url,
+    "--namespace",
+    NAMESPACE,
+    "--agents",
+    FIXTURE,
+    "--id",
+    WORKER,
+  ]);
+}
+
+async function ownsAll(): Promise<void> {
+  await waitFor(
+    "the worker to own every shard",
+    async () => {
+      const s = await clusterStatus(nc, NAMESPACE);
+      return s !== undefined && s.workers.find((w) => w.id === WORKER)?.shards.length === SHARDS;
+    },
+    60_000,
+  );
+}
+
+interface Listed {
+  agents: { address: string; reason: string; by: string; held: number }[];
+}
+
+describe.skipIf(natsMissing !== undefined)(
+  `quarantine across a worker restart ${natsMissing ?? ""}`,
+  () => {
+    beforeAll(async () => {
+      await buildApps();
+      server = await startNatsServer();
+      nc = await natsConnect({ servers: server.url });
+      spawnNode("coordinator", COORDINATOR_MAIN, [
+        "--nats",
+        server.url,
+        "--namespace",
+        NAMESPACE,
+        "--shards",
+        String(SHARDS),
+      ]);
+      startWorker();
+      try {
+        await ownsAll();
+      } catch (e) {
+        for (const p of procs) console.error(logTail(p));
+        throw e;
+      }
+      client = await connect({
+        servers: server.url,
+        namespace: NAMESPACE,
+        requestTimeoutMs: 15_000,
+      });
+    }, 300_000);
+
+    afterAll(async () => {
+      await client?.close().catch(() => {});
+      await stopAll();
+      await nc?.close().catch(() => {});
+      await server?.cleanup();
+    }, 60_000);
+
+    it("stays quarantined with its held messages after SIGKILL; release delivers them in order first", async () => {
+      const ref = client.ref("qlog", "a");
+      await ref.send({ type: "item", n: 0 });
+      expect(await ref.request({ type: "get" })).toEqual({ seen: [0] });
+
+      const q = await troupe("quarantine", "qlog/a", "--reason", "operator test");
+      expect(q.code, q.stderr).toBe(0);
+      expect(q.stdout).toContain(`quarantined qlog/a on ${WORKER}: operator test`);
+      for (let n = 1; n <= 50; n++) await ref.send({ type: "item", n });
+      await waitFor("50 held messages", async () => {
+        const l = await troupe("quarantined", "--json");
+        const agents = (JSON.parse(l.stdout || "{}") as Listed).agents ?? [];
+        return agents[0]?.held === 50;
+      });
+
+      // killed: nothing graceful; the restarted worker finds the quarantine in KV
+      const killed = procs.find((p) => p.name === WORKER && p.child.exitCode === null)!;
+      expect(await stopProc(killed, "SIGKILL")).toBe("SIGKILL");
+      for (let n = 51; n <= 60; n++) await ref.send({ type: "item", n }); // while it is down
+      startWorker();
+      await ownsAll();
+      await waitFor("60 held messages after the restart", async () => {
+        const l = await troupe("quarantined", "--json");
+        const agents = (JSON.parse(l.stdout || "{}") as Listed).agents ?? [];
+        return agents[0]?.held === 60;
+      });
+      const listed = await troupe("quarantined");
+      expect(listed.code, listed.stderr).toBe(0);
+      expect(listed.stdout).toMatch(/│ qlog\/a\s+│ operator test │ manual │ [^│]+│ 60\s+│/);
+
+      const rel = await troupe("release", "qlog/a");
+      expect(rel.code, rel.stderr).toBe(0);
+      expect(rel.stdout).toContain("60 held messages delivered first, in order");
+      for (let n = 61; n <= 65; n++) await ref.send({ type: "item", n });
+      const seen = await waitFor("every item", async () => {
+        const r = (await ref.request({ type: "get" })) as { seen: number[] };
+        return r.seen.length >= 66 ? r.seen : undefined;
+      });
+      expect(seen).toEqual(Array.from({ length: 66 }, (_, n) => n));
+      const after = await troupe("quarantined", "--json");
+      expect((JSON.parse(after.stdout) as Listed).agents).toEqual([]);
+    }, 180_000);
+  },
+);

@@ -1,0 +1,349 @@
+/**
+ * The quarantine control API (docs/cluster.md, "Quarantine"): `ctl.quarantine`,
+ * `ctl.release` and `ctl.quarantined`, served by the leader. Quarantine and release act on
+ * the live activation, so the leader forwards them to the worker that owns the agent's
+ * shard (`ctl.worker.<id>.quarantine|release`); the list is read from the quarantine bucket
+ * and the parked stream.
+ */
+import { jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { shardOfAddress } from "@troupe/nats";
+import { namespaceNames, tryAddressFromToken } from "@troupe/nats/internal";
+import type { Logger, QuarantineEntry, Runtime } from "@troupe/runtime";
+import { ErrorCode, isTroupeError, parseAgentAddress, TroupeError } from "@troupe/wire";
+import {
+  type Assignment,
+  CONTROL_QUEUE,
+  controlError,
+  controlSubject,
+  encodeJson,
+  type MemberEntry,
+  workerControlSubject,
+} from "./protocol.js";
+
+/** `ctl.quarantine` request. */
+export interface QuarantineRequest {
+  address: string;
+  reason: string;
+}
+
+/** `ctl.release` request. */
+export interface ReleaseRequest {
+  address: string;
+}
+
+/** `ctl.quarantine` answer (also the worker's). */
+export interface QuarantineReply {
+  address: string;
+  worker: string;
+  entry: QuarantineEntry;
+}
+
+/** `ctl.release` answer (also the worker's): `held` messages are delivered before new ones. */
+export interface ReleaseReply {
+  address: string;
+  worker: string;
+  held: number;
+}
+
+export interface QuarantinedAgent extends QuarantineEntry {
+  /** Messages held for it in the parked stream. */
+  held: number;
+}
+
+/** `ctl.quarantined` answer. */
+export interface QuarantinedReply {
+  agents: QuarantinedAgent[];
+}
+
+/** How long the leader waits for the owning worker's answer (ms). */
+const FORWARD_TIMEOUT_MS = 10_000;
+
+const decoder = new TextDecoder();
+
+function parseRequest(data: Uint8Array, verb: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(decoder.decode(data));
+  } catch {
+    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, `a ${verb} request is a JSON object`);
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, `a ${verb} request is a JSON object`);
+  }
+  return v as Record<string, unknown>;
+}
+
+/** The `address` field, checked: a `type/key` agent address. */
+export function requestAddress(req: Record<string, unknown>, verb: string): string {
+  const address = req.address;
+  if (typeof address !== "string") {
+    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, `a ${verb} request needs "address"`);
+  }
+  parseAgentAddress(address);
+  return address;
+}
+
+/** The `reason` field of a quarantine request: a non-empty string. */
+export function requestReason(req: Record<string, unknown>): string {
+  const reason = req.reason;
+  if (typeof reason !== "string" || reason.trim() === "") {
+    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, 'a quarantine request needs a "reason"');
+  }
+  return reason;
+}
+
+export interface QuarantineControlOptions {
+  nc: NatsConnection;
+  namespace: string;
+  shardCount: number;
+  log: Logger;
+  /** The current assignment, as the leader knows it. */
+  assignment(): Assignment | undefined;
+  /** The live members, as the leader knows them. */
+  members(): MemberEntry[];
+}
+
+/** Subscribes the leader to the quarantine verbs; unsubscribe them when it stops leading. */
+export function serveQuarantineControl(o: QuarantineControlOptions): Subscription[] {
+  const serve = (verb: string, handle: (data: Uint8Array) => Promise<unknown>): Subscription =>
+    o.nc.subscribe(controlSubject(o.namespace, verb), {
+      queue: CONTROL_QUEUE,
+      callback: (err, msg) => {
+        if (err !== null) return;
+        handle(msg.data).then(
+          (reply) => msg.respond(encodeJson(reply)),
+          (e: unknown) => {
+            if (!(e instanceof TroupeError))
+              o.log.error({ err: e, verb }, "control request failed");
+            msg.respond(encodeJson(controlError(e)));
+          },
+        );
+      },
+    });
+  return [
+    serve("quarantine", async (data) => {
+      const req = parseRequest(data, "quarantine");
+      const address = requestAddress(req, "quarantine");
+      const reason = requestReason(req);
+      return forward(o, address, "quarantine", { address, reason });
+    }),
+    serve("release", async (data) => {
+      const address = requestAddress(parseRequest(data, "release"), "release");
+      return forward(o, address, "release", { address });
+    }),
+    serve("quarantined", async () => listQuarantined(o.nc, o.namespace)),
+  ];
+}
+
+/** Hands the request to the worker that owns the agent's shard and relays its answer. */
+async function forward(
+  o: QuarantineControlOptions,
+  address: string,
+  verb: string,
+  body: object,
+): Promise<unknown> {
+  const { type } = parseAgentAddress(address);
+  const members = o.members();
+  if (!members.some((m) => m.agentTypes.includes(type))) {
+    throw new TroupeError(
+      ErrorCode.UNKNOWN_AGENT,
+      `no worker in namespace ${o.namespace} hosts agent type "${type}"`,
+      { details: { address } },
+    );
+  }
+  const shard = shardOfAddress(address, o.shardCount);
+  const owner = o.assignment()?.shards[shard]?.owner ?? null;
+  if (owner === null) {
+    throw new TroupeError(
+      ErrorCode.INVALID_STATE,
+      `shard ${shard} of ${address} has no owner right now (it is being moved); try again`,
+      { retryAfterMs: 1000, details: { address, shard } },
+    );
+  }
+  let reply: Uint8Array;
+  try {
+    const m = await o.nc.request(workerControlSubject(o.namespace, owner, verb), encodeJson(body), {
+      timeout: FORWARD_TIMEOUT_MS,
+    });
+    reply = m.data;
+  } catch (e) {
+    throw new TroupeError(
+      ErrorCode.TIMEOUT,
+      `worker ${owner}, owner of shard ${shard} of ${address}, did not answer the ${verb} request: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e, retryAfterMs: 1000, details: { address, shard, worker: owner } },
+    );
+  }
+  // relayed as it is: the worker's answer or its { error }
+  return JSON.parse(decoder.decode(reply)) as unknown;
+}
+
+/** The quarantine registry with the number of held messages of each agent. */
+export async function listQuarantined(
+  nc: NatsConnection,
+  namespace: string,
+): Promise<QuarantinedReply> {
+  const names = namespaceNames(namespace);
+  try {
+    const kv = await new Kvm(nc).open(names.quarantineBucket);
+    const jsm = await jetstreamManager(nc);
+    const keys: string[] = [];
+    for await (const k of await kv.keys()) keys.push(k);
+    const [entries, info] = await Promise.all([
+      Promise.all(keys.map((k) => kv.get(k))),
+      jsm.streams.info(names.heldStream, { subjects_filter: names.heldSubjects }),
+    ]);
+    const held = new Map<string, number>();
+    for (const [subject, n] of Object.entries(info.state.subjects ?? {})) {
+      const parts = subject.split(".");
+      const address = tryAddressFromToken(parts[parts.length - 1] ?? "");
+      if (address !== undefined) held.set(address, n);
+    }
+    const agents: QuarantinedAgent[] = [];
+    for (const e of entries) {
+      if (e === null || e.operation !== "PUT") continue;
+      let entry: QuarantineEntry;
+      try {
+        entry = e.json<QuarantineEntry>();
+      } catch {
+        continue; // not ours to show: an unreadable entry
+      }
+      agents.push({ ...entry, held: held.get(entry.address) ?? 0 });
+    }
+    agents.sort((a, b) => a.since - b.since);
+    return { agents };
+  } catch (e) {
+    throw new TroupeError(
+      ErrorCode.TRANSPORT_ERROR,
+      `cannot read the quarantine of namespace ${namespace}: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e, retryAfterMs: 1000 },
+    );
+  }
+}
+
+/** What `resumeReleases` is on RuntimeCore (`@troupe/runtime` internals). */
+interface Resuming {
+  resumeReleases?(match: (address: string) => boolean): Promise<number>;
+}
+
+export interface QuarantineControl {
+  stop(): void;
+}
+
+/**
+ * The worker's side: `ctl.worker.<id>.quarantine|release` for the agents of the shards it
+ * owns (the leader forwards to it), and finishing releases a previous owner began.
+ */
+export function serveWorkerQuarantine(options: {
+  nc: NatsConnection;
+  namespace: string;
+  workerId: string;
+  runtime: Runtime;
+  shardCount: number;
+  ownedShards: () => number[];
+  logger: Logger;
+}): QuarantineControl {
+  const { nc, runtime, logger, shardCount } = options;
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  const json = (v: unknown) => encoder.encode(JSON.stringify(v));
+  const parse = (data: Uint8Array, verb: string): Record<string, unknown> => {
+    try {
+      const v = JSON.parse(decoder.decode(data)) as unknown;
+      if (typeof v === "object" && v !== null && !Array.isArray(v)) {
+        return v as Record<string, unknown>;
+      }
+    } catch {
+      // answered below
+    }
+    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, `a ${verb} request is a JSON object`);
+  };
+  const checkOwned = (address: string): void => {
+    const shard = shardOfAddress(address, shardCount);
+    if (!options.ownedShards().includes(shard)) {
+      throw new TroupeError(
+        ErrorCode.INVALID_STATE,
+        `worker ${options.workerId} does not own shard ${shard} of ${address} (it moved); try again`,
+        { retryAfterMs: 1000, details: { address, shard } },
+      );
+    }
+  };
+  const serve = (verb: string, handle: (data: Uint8Array) => Promise<unknown>): Subscription =>
+    nc.subscribe(workerControlSubject(options.namespace, options.workerId, verb), {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        handle(msg.data).then(
+          (reply) => msg.respond(json(reply)),
+          (e: unknown) => {
+            const code = isTroupeError(e) ? e.code : ErrorCode.INVALID_STATE;
+            const message = e instanceof Error ? e.message : String(e);
+            if (!isTroupeError(e)) logger.error({ err: e, verb }, `${verb} failed`);
+            msg.respond(json({ error: { code, message } }));
+          },
+        );
+      },
+    });
+  const subs = [
+    serve("quarantine", async (data) => {
+      const req = parse(data, "quarantine");
+      const address = requestAddress(req, "quarantine");
+      const reason = requestReason(req);
+      checkOwned(address);
+      await runtime.quarantine(address, reason);
+      const entry = await runtime.backend.quarantine.get(address);
+      if (entry === undefined) {
+        throw new TroupeError(ErrorCode.INVALID_STATE, `${address} was released meanwhile`);
+      }
+      logger.info({ agent: address, reason }, "quarantined by an operator");
+      const reply: QuarantineReply = { address, worker: options.workerId, entry };
+      return reply;
+    }),
+    serve("release", async (data) => {
+      const address = requestAddress(parse(data, "release"), "release");
+      checkOwned(address);
+      const held = await runtime.release(address);
+      logger.info({ agent: address, held }, "released by an operator");
+      const reply: ReleaseReply = { address, worker: options.workerId, held };
+      return reply;
+    }),
+  ];
+
+  // A release that was under way when the agent's previous host stopped (a crash, a shard
+  // move) is finished by the shard's new owner, even if no message comes to activate it.
+  const resuming = runtime as Runtime & Resuming;
+  let known = new Set<number>();
+  let checking = false;
+  const check = (): void => {
+    if (checking || resuming.resumeReleases === undefined) return;
+    const owned = new Set(options.ownedShards());
+    const fresh = [...owned].filter((s) => !known.has(s));
+    if (fresh.length === 0) {
+      known = owned;
+      return;
+    }
+    checking = true;
+    const set = new Set(fresh);
+    resuming
+      .resumeReleases((a) => set.has(shardOfAddress(a, shardCount)))
+      .then(
+        (n) => {
+          known = owned;
+          if (n > 0) logger.info({ agents: n }, "finishing releases a previous owner began");
+        },
+        (err: unknown) => logger.warn({ err }, "could not look for unfinished releases; retrying"),
+      )
+      .finally(() => {
+        checking = false;
+      });
+  };
+  const timer = setInterval(check, 1000);
+  timer.unref?.();
+  check();
+  return {
+    stop() {
+      clearInterval(timer);
+      for (const s of subs) s.unsubscribe();
+    },
+  };
+}
