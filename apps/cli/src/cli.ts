@@ -127,7 +127,10 @@ function program(io: Io, setExit: (code: number) => void): Command {
   cli
     .command("release")
     .description("release a quarantined agent: its held messages first, in order, then new ones")
-    .argument("<address>", "the agent, as type/key")
+    .argument(
+      "<address>",
+      "the agent, as type/key (or a sender quarantined for bad frames: ~client-id, #endpoint)",
+    )
     .option("--json", "print the coordinator's raw JSON reply")
     .option("--timeout <ms>", "how long to wait", wholeNumber("--timeout", 1), 10_000)
     .action(async (address: string, opts: object, cmd: Command) => {

@@ -4,7 +4,12 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { joinCluster, type Membership, serveWorkerQuarantine } from "@troupe/coordinator";
+import {
+  joinCluster,
+  type Membership,
+  quarantineThroughLeader,
+  serveWorkerQuarantine,
+} from "@troupe/coordinator";
 import { connectNats, createNatsBackend, openNamespace } from "@troupe/nats";
 import { type AgentDefinition, createRuntime, type Logger, type Runtime } from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
@@ -63,6 +68,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       logger: log.child({ component: "runtime" }),
       // frames must fit in one NATS message
       limits: { maxFrameBytes: backend.maxFrameBytes },
+      // a sender of bad frames hosted by another worker: its owner quarantines it at once
+      quarantineElsewhere: quarantineThroughLeader(nc, options.namespace),
     });
     let membership: Membership;
     try {

@@ -8,13 +8,20 @@
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { jetstream } from "@nats-io/jetstream";
 import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
 import type { ClusterStatus } from "@troupe/coordinator";
 import type { PlanReply } from "@troupe/example-demo";
 import type { PingScore } from "@troupe/example-ping-pong";
-import { connect, shardOfAddress, type TroupeClient } from "@troupe/nats";
+import {
+  connect,
+  namespaceNames,
+  shardOfAddress,
+  subjectToken,
+  type TroupeClient,
+} from "@troupe/nats";
 import { type NatsServerHandle, startNatsServer } from "@troupe/testkit";
-import { ErrorCode } from "@troupe/wire";
+import { ErrorCode, encodeFrame, newMessageId } from "@troupe/wire";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   balancedOver,
@@ -236,6 +243,55 @@ describe("conversations across two worker processes", () => {
     expect(bad.stderr).toContain("UNKNOWN_AGENT");
     const usage = await troupe("replay", "not-an-address");
     expect(usage.code).toBe(2);
+  });
+
+  it("a forged sender of bad frames is quarantined on the worker that hosts it", async () => {
+    // ping/<k> lives on one worker; garbage claiming to come from it reaches pong/<j> on the
+    // other, whose runtime counts it and has the leader quarantine ping/<k> where it lives
+    const k = pickKey("spoofed", (x) => ownerOf(`ping/${x}`) === "w1");
+    const j = pickKey("target", (x) => ownerOf(`pong/${x}`) === "w2");
+    const from = `ping/${k}`;
+    const to = `pong/${j}`;
+    expect(await client.ref("ping", k).request({ type: "get" })).toMatchObject({ pongs: 0 });
+    const subject = namespaceNames(NAMESPACE).inboxSubject(
+      shardOfAddress(to, placement.shardCount),
+      subjectToken(to),
+    );
+    const js = jetstream(nc);
+    for (let i = 1; i <= 5; i++) {
+      const whole = encodeFrame({
+        envelope: {
+          version: 1,
+          kind: "event",
+          messageId: newMessageId(),
+          from,
+          to,
+          sequence: i,
+          timestampNs: 1n,
+        },
+        message: { kind: "data", payload: { type: "ping", n: i, pad: "x".repeat(32) } },
+      });
+      // the envelope reads, the body does not (cut short): DECODE_ERROR at pong's worker
+      await js.publish(subject, whole.subarray(0, whole.length - 20), { msgID: newMessageId() });
+    }
+    const listed = await waitFor("the sender to be quarantined", async () => {
+      const r = await troupe("quarantined", "--json");
+      const agents = (JSON.parse(r.stdout) as { agents?: Array<{ address: string }> }).agents;
+      return agents?.find((a) => a.address === from);
+    });
+    expect(listed).toMatchObject({ address: from, by: "auto" });
+    // on its own worker it is quarantined: what is sent to it is held, not answered
+    await expect(
+      client.ref("ping", k).request({ type: "get" }, { timeoutMs: 1000 }),
+    ).rejects.toMatchObject({ code: ErrorCode.TIMEOUT });
+    // pong/<j> keeps serving everyone else
+    expect(await client.ref("pong", j).request({ type: "get" })).toEqual({
+      type: "count",
+      pings: 0,
+    });
+    const released = await troupe("release", from);
+    expect(released.code, released.stderr).toBe(0);
+    expect(await client.ref("ping", k).request({ type: "get" })).toMatchObject({ pongs: 0 });
   });
 
   it("workers and coordinator exit 0 on SIGTERM", async () => {

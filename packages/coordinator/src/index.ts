@@ -28,6 +28,7 @@ export type {
 export {
   listQuarantined,
   type QuarantineControl,
+  quarantineThroughLeader,
   requestAddress,
   requestReason,
   serveWorkerQuarantine,

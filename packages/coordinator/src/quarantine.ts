@@ -8,7 +8,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import { shardOfAddress } from "@troupe/nats";
+import { shardOfAddress, subjectToken } from "@troupe/nats";
 import { namespaceNames, tryAddressFromToken } from "@troupe/nats/internal";
 import type { Logger, QuarantineEntry, Runtime } from "@troupe/runtime";
 import { ErrorCode, isTroupeError, parseAgentAddress, TroupeError } from "@troupe/wire";
@@ -26,9 +26,16 @@ import {
 export interface QuarantineRequest {
   address: string;
   reason: string;
+  /** Default "manual"; "auto" when a runtime quarantines a sender of repeated bad frames. */
+  by?: "auto" | "manual";
+  /** Quarantined as a sender: its frames are refused everywhere (QuarantineEntry). */
+  refuseFrames?: boolean;
 }
 
-/** `ctl.release` request. */
+/**
+ * `ctl.release` request. `address` may also be a client inbox (`~id`) or an endpoint
+ * (`#hex`) quarantined as a sender: nothing is held for those, the leader deletes the entry.
+ */
 export interface ReleaseRequest {
   address: string;
 }
@@ -85,6 +92,27 @@ export function requestAddress(req: Record<string, unknown>, verb: string): stri
   return address;
 }
 
+/** The optional `by` and `refuseFrames` fields of a quarantine request, checked. */
+export function requestQuarantineKind(req: Record<string, unknown>): {
+  by: "auto" | "manual";
+  refuseFrames: boolean;
+} {
+  const by = req.by ?? "manual";
+  if (by !== "auto" && by !== "manual") {
+    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, '"by" is "auto" or "manual"');
+  }
+  const refuseFrames = req.refuseFrames ?? false;
+  if (typeof refuseFrames !== "boolean") {
+    throw new TroupeError(ErrorCode.INVALID_ARGUMENT, '"refuseFrames" is a boolean');
+  }
+  return { by, refuseFrames };
+}
+
+/** A sender address that is not an agent: a client inbox `~id` or an endpoint `#hex`. */
+function isNonAgentSender(address: unknown): address is string {
+  return typeof address === "string" && /^[~#][^\s]{1,1023}$/.test(address);
+}
+
 /** The `reason` field of a quarantine request: a non-empty string. */
 export function requestReason(req: Record<string, unknown>): string {
   const reason = req.reason;
@@ -127,14 +155,46 @@ export function serveQuarantineControl(o: QuarantineControlOptions): Subscriptio
       const req = parseRequest(data, "quarantine");
       const address = requestAddress(req, "quarantine");
       const reason = requestReason(req);
-      return forward(o, address, "quarantine", { address, reason });
+      const kind = requestQuarantineKind(req);
+      return forward(o, address, "quarantine", { address, reason, ...kind });
     }),
     serve("release", async (data) => {
-      const address = requestAddress(parseRequest(data, "release"), "release");
+      const req = parseRequest(data, "release");
+      if (isNonAgentSender(req.address)) return releaseSender(o, req.address);
+      const address = requestAddress(req, "release");
       return forward(o, address, "release", { address });
     }),
     serve("quarantined", async () => listQuarantined(o.nc, o.namespace)),
   ];
+}
+
+/**
+ * Releases a client or endpoint quarantined as a sender: no activation holds anything for
+ * it, so the leader deletes its entry; every runtime takes its frames again once it sees the
+ * deletion (the bucket watch; at the latest its next registry listing).
+ */
+async function releaseSender(o: QuarantineControlOptions, address: string): Promise<ReleaseReply> {
+  const names = namespaceNames(o.namespace);
+  let existed: boolean;
+  try {
+    const kv = await new Kvm(o.nc).open(names.quarantineBucket);
+    const e = await kv.get(subjectToken(address));
+    existed = e !== null && e.operation === "PUT";
+    if (existed) await kv.delete(subjectToken(address));
+  } catch (e) {
+    throw new TroupeError(
+      ErrorCode.TRANSPORT_ERROR,
+      `cannot release ${address}: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e, retryAfterMs: 1000 },
+    );
+  }
+  if (!existed) {
+    throw new TroupeError(ErrorCode.INVALID_STATE, `${address} is not quarantined`, {
+      details: { address },
+    });
+  }
+  o.log.info({ sender: address }, "sender released by an operator");
+  return { address, worker: "coordinator", held: 0 };
 }
 
 /** Hands the request to the worker that owns the agent's shard and relays its answer. */
@@ -177,6 +237,47 @@ async function forward(
   }
   // relayed as it is: the worker's answer or its { error }
   return JSON.parse(decoder.decode(reply)) as unknown;
+}
+
+/**
+ * The runtime's `quarantineElsewhere` for a worker: asks the leader (`ctl.quarantine`) to
+ * have the owner of an agent's shard quarantine it as a sender, so its live activation stops
+ * at once. Rejects with the typed error the leader or owner answered (the runtime then
+ * writes the entry to the registry itself).
+ */
+export function quarantineThroughLeader(
+  nc: NatsConnection,
+  namespace: string,
+): (entry: QuarantineEntry) => Promise<void> {
+  return async (entry) => {
+    const body: QuarantineRequest = {
+      address: entry.address,
+      reason: entry.reason,
+      by: entry.by,
+      refuseFrames: entry.refuseFrames === true,
+    };
+    let data: Uint8Array;
+    try {
+      const m = await nc.request(controlSubject(namespace, "quarantine"), encodeJson(body), {
+        // the leader waits up to FORWARD_TIMEOUT_MS for the owner
+        timeout: FORWARD_TIMEOUT_MS + 1000,
+      });
+      data = m.data;
+    } catch (e) {
+      throw new TroupeError(
+        ErrorCode.TIMEOUT,
+        `no coordinator answered the quarantine of ${entry.address}: ${e instanceof Error ? e.message : String(e)}`,
+        { cause: e, retryAfterMs: 1000 },
+      );
+    }
+    const reply = JSON.parse(decoder.decode(data)) as { error?: { code: string; message: string } };
+    if (reply.error !== undefined) {
+      const code = Object.hasOwn(ErrorCode, reply.error.code)
+        ? (reply.error.code as ErrorCode)
+        : ErrorCode.INVALID_STATE;
+      throw new TroupeError(code, reply.error.message);
+    }
+  };
 }
 
 /** The quarantine registry with the number of held messages of each agent. */
@@ -222,9 +323,14 @@ export async function listQuarantined(
   }
 }
 
-/** What `resumeReleases` is on RuntimeCore (`@troupe/runtime` internals). */
+/** What `resumeReleases` and `quarantineAs` are on RuntimeCore (`@troupe/runtime` internals). */
 interface Resuming {
   resumeReleases?(match: (address: string) => boolean): Promise<number>;
+  quarantineAs?(
+    address: string,
+    reason: string,
+    options: { by: "auto" | "manual"; refuseFrames?: boolean },
+  ): Promise<QuarantineEntry>;
 }
 
 export interface QuarantineControl {
@@ -289,13 +395,20 @@ export function serveWorkerQuarantine(options: {
       const req = parse(data, "quarantine");
       const address = requestAddress(req, "quarantine");
       const reason = requestReason(req);
+      const kind = requestQuarantineKind(req);
       checkOwned(address);
-      await runtime.quarantine(address, reason);
+      const internals = runtime as Runtime & Resuming;
+      if (internals.quarantineAs !== undefined) {
+        await internals.quarantineAs(address, reason, kind);
+      } else {
+        await runtime.quarantine(address, reason);
+      }
       const entry = await runtime.backend.quarantine.get(address);
       if (entry === undefined) {
         throw new TroupeError(ErrorCode.INVALID_STATE, `${address} was released meanwhile`);
       }
-      logger.info({ agent: address, reason }, "quarantined by an operator");
+      if (kind.by === "auto") logger.warn({ agent: address, reason }, "quarantined as a sender");
+      else logger.info({ agent: address, reason }, "quarantined by an operator");
       const reply: QuarantineReply = { address, worker: options.workerId, entry };
       return reply;
     }),

@@ -1407,6 +1407,44 @@ export class NatsBackendImpl implements NatsBackend {
     };
   }
 
+  /**
+   * Changes of the quarantine bucket as they happen (a KV watch, updates only), so the
+   * runtime's view of refused senders follows other processes' quarantines and releases
+   * within a round trip instead of its periodic listing.
+   */
+  watchQuarantine(
+    listener: (address: string, entry: QuarantineEntry | undefined) => void,
+  ): () => void {
+    let stopped = false;
+    let stop: (() => void) | undefined;
+    const run = async (): Promise<void> => {
+      const it = await this.#quarantineKv.watch({ include: "updates" });
+      stop = () => it.stop();
+      if (stopped) it.stop();
+      for await (const e of it) {
+        const address = tryAddressFromToken(e.key);
+        if (address === undefined) continue;
+        if (e.operation !== "PUT") {
+          listener(address, undefined);
+          continue;
+        }
+        try {
+          listener(address, e.json<QuarantineEntry>());
+        } catch (err) {
+          this.logger.warn({ err, key: e.key }, "unreadable quarantine entry; ignored");
+        }
+      }
+    };
+    run().catch((err: unknown) => {
+      // the runtime's periodic listing still applies changes, only later
+      if (!stopped) this.logger.warn({ err }, "cannot watch the quarantine bucket");
+    });
+    return () => {
+      stopped = true;
+      stop?.();
+    };
+  }
+
   #quarantineRegistry(): QuarantineRegistry {
     const kv = this.#quarantineKv;
     const read = async (key: string): Promise<QuarantineEntry | undefined> => {

@@ -74,8 +74,17 @@ export interface QuarantineEntry {
   address: string;
   reason: string;
   since: number;
-  /** "auto" after handler failures, "manual" when an operator did it. */
+  /**
+   * "auto" after handler failures or repeated undecodable / unopenable / replayed frames from
+   * this sender, "manual" when an operator did it.
+   */
   by: "auto" | "manual";
+  /**
+   * Quarantined as a sender: every runtime refuses frames from this address (QUARANTINED,
+   * parked) until release. Set for senders of repeated bad frames; an agent quarantined only
+   * for its own handler failures sends nothing meanwhile, so its frames are not refused.
+   */
+  refuseFrames?: boolean;
   /**
    * Set (ms) when a release started: the held messages are being delivered. The entry is
    * deleted only once none is left, so an activation that finds this flag (after a crash,
@@ -173,6 +182,14 @@ export interface Backend {
    * everything (embedded). Release activates an agent only where it is hosted.
    */
   hosts?(address: string): boolean;
+  /**
+   * Calls `listener` for each change of the quarantine registry made after the call (by any
+   * process): the entry, or undefined when deleted. Returns a function that stops watching.
+   * Absent = no watch: the runtime lists the registry periodically instead.
+   */
+  watchQuarantine?(
+    listener: (address: string, entry: QuarantineEntry | undefined) => void,
+  ): () => void;
   /** Stop delivering; unacknowledged messages stay for the next consumer. */
   close(): Promise<void>;
 }

@@ -11,6 +11,7 @@ import {
   type Frame,
   type FrameKind,
   newMessageId,
+  peekEnvelope,
   TroupeError,
   toErrorInfo,
 } from "@troupe/wire";
@@ -466,6 +467,22 @@ export abstract class Host implements Emitter {
           : parked,
     );
     if (ctx.envelope !== undefined) this.errorToSender(ctx.envelope, err);
+    const from = ctx.envelope?.from ?? this.#readableSender(ctx.delivery);
+    if (from !== undefined) this.kernel.refusedFrom(from, err);
+  }
+
+  /**
+   * The sender named by a frame that failed before its envelope was taken (an unsealed frame
+   * whose body does not decode): its envelope may still be readable, and the refusal is then
+   * counted against that sender.
+   */
+  #readableSender(d: Delivery): string | undefined {
+    if (d.bytes === undefined) return undefined;
+    try {
+      return peekEnvelope(d.bytes, this.kernel.config.limits).envelope.from;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Tells the sender of a message that it failed. Never answers an error with an error. */
@@ -567,17 +584,25 @@ export abstract class Host implements Emitter {
     return "failed";
   }
 
-  async enterQuarantine(reason: string, by: "auto" | "manual"): Promise<void> {
+  /** `refuseFrames`: quarantined as a sender too (see QuarantineEntry). */
+  async enterQuarantine(
+    reason: string,
+    by: "auto" | "manual",
+    refuseFrames = false,
+  ): Promise<QuarantineEntry> {
     this.state = LifecycleState.QUARANTINED;
     // a release under way stops here: what it did not deliver stays held, in order
     this.#releasing = false;
     this.kernel.counters.quarantines++;
-    await this.kernel.backend.quarantine.set({
+    const entry: QuarantineEntry = {
       address: this.address,
       reason,
       by,
       since: this.kernel.clock.now(),
-    });
+    };
+    if (refuseFrames) entry.refuseFrames = true;
+    await this.kernel.backend.quarantine.set(entry);
+    return entry;
   }
 
   /**

@@ -1,5 +1,5 @@
 /** The runtime's internals as hosts and stages see them. */
-import type { DecodeLimits, Frame } from "@troupe/wire";
+import type { DecodeLimits, Frame, TroupeError } from "@troupe/wire";
 import type { Backend } from "./backend.js";
 import type { Clock } from "./clock.js";
 import type { Host } from "./host.js";
@@ -14,6 +14,9 @@ export interface ResolvedConfig {
   requestTimeoutMs: number;
   shutdownTimeoutMs: number;
   limits: DecodeLimits;
+  senderFailureLimit: number;
+  senderFailureWindowMs: number;
+  quarantineRefreshMs: number;
 }
 
 export interface RuntimeStats {
@@ -54,6 +57,8 @@ export interface Kernel {
   /** The host stopped itself (failure): drop it so the next message activates afresh. */
   forget(host: Host): void;
   waitForPassivation(address: string): Promise<void>;
+  /** A stage refused a frame `from` names: counted against that sender (decode/crypto/replay). */
+  refusedFrom(from: string, err: TroupeError): void;
 }
 
 export function newStats(): RuntimeStats {

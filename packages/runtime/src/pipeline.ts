@@ -1,6 +1,7 @@
 /**
  * The checkpoint pipeline: ordered stages every inbound message passes before its handler
- * (decode, dedup, open, validate, authorize, rate-limit, then the handler, always last).
+ * (decode, dedup, sender, open, validate, authorize, rate-limit, then the handler, always
+ * last).
  * With `enableHooks`, `runtime.use(stage)` adds stages of one's own at any order below 1000.
  */
 import type { Envelope, Frame } from "@troupe/wire";
@@ -10,6 +11,7 @@ import type { Delivery } from "./backend.js";
 export const StageOrder = {
   DECODE: 100,
   DEDUP: 200,
+  SENDER: 250,
   OPEN: 300,
   VALIDATE: 400,
   AUTHORIZE: 500,

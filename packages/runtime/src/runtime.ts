@@ -29,6 +29,7 @@ import { type Kernel, newStats, type ResolvedConfig, type RuntimeStats } from ".
 import { type Logger, silentLogger } from "./logger.js";
 import { isPromise, Pipeline, type Stage, type StageInfo } from "./pipeline.js";
 import { type ReplayResult, type ReplayStep, replayAgent } from "./replay.js";
+import { SenderQuarantine } from "./senders.js";
 import { builtInStages } from "./stages.js";
 
 export interface RuntimeConfig {
@@ -50,6 +51,28 @@ export interface RuntimeConfig {
   shutdownTimeoutMs?: number;
   /** Decoding limits for inbound frames. */
   limits?: Partial<DecodeLimits>;
+  /**
+   * Quarantine a sender after this many of its frames were refused as undecodable
+   * (DECODE_ERROR, UNSUPPORTED_VERSION), unopenable (CRYPTO_ERROR) or replayed
+   * (REPLAY_DETECTED) within `senderFailureWindowMs`; 0 = never. Default 5.
+   */
+  senderFailureLimit?: number;
+  /** The window of `senderFailureLimit` (ms). Default 60,000. */
+  senderFailureWindowMs?: number;
+  /**
+   * How often the registry is listed again to refresh which senders are refused (ms): the
+   * most a quarantine or release made by another process can take to apply here (a backend
+   * that watches the registry, like NATS, applies them at once). Default 5,000.
+   */
+  quarantineRefreshMs?: number;
+  /**
+   * Quarantines a sender that is an agent hosted by another process, so its owner stops it
+   * at once (a worker wires this to the coordinator's `ctl.quarantine`, which forwards to the
+   * owner). Absent, or when it fails, the entry is written to the registry directly: frames
+   * from the sender are refused everywhere, and its owner holds its messages from its next
+   * activation on.
+   */
+  quarantineElsewhere?: (entry: QuarantineEntry) => Promise<void>;
   logger?: Logger;
   clock?: Clock;
 }
@@ -100,7 +123,11 @@ export interface Runtime {
   ref(type: string, key: string): AgentRef;
   /** Quarantine by hand: its messages are held, in order, until release. */
   quarantine(ref: AgentRef | string, reason: string): Promise<void>;
-  /** Lift quarantine; held messages are delivered first, in order. Returns how many were held. */
+  /**
+   * Lift quarantine; held messages are delivered first, in order. Returns how many were held.
+   * Takes a sender's address too (`~client`, `#endpoint`): its frames are taken again; those
+   * parked while it was quarantined stay parked.
+   */
   release(ref: AgentRef | string): Promise<number>;
   quarantined(): Promise<QuarantineEntry[]>;
   /**
@@ -162,7 +189,20 @@ function resolveConfig(c: RuntimeConfig): ResolvedConfig {
   }
   const limits = { ...DEFAULT_LIMITS, ...c.limits };
   for (const [k, v] of Object.entries(limits)) num(`limits.${k}`, v, 0, 1);
+  if (c.quarantineElsewhere !== undefined && typeof c.quarantineElsewhere !== "function") {
+    throw new TroupeError(ErrorCode.CONFIG_ERROR, "quarantineElsewhere must be a function");
+  }
+  const senderFailureLimit = num("senderFailureLimit", c.senderFailureLimit, 5);
+  if (!Number.isInteger(senderFailureLimit)) {
+    throw new TroupeError(
+      ErrorCode.CONFIG_ERROR,
+      `senderFailureLimit must be an integer >= 0, got ${String(c.senderFailureLimit)}`,
+    );
+  }
   return {
+    senderFailureLimit,
+    senderFailureWindowMs: num("senderFailureWindowMs", c.senderFailureWindowMs, 60_000, 1),
+    quarantineRefreshMs: num("quarantineRefreshMs", c.quarantineRefreshMs, 5_000, 10),
     maxRetries: Math.floor(num("maxRetries", c.maxRetries, 3)),
     retryDelayMs: num("retryDelayMs", c.retryDelayMs, 100),
     enableHooks: c.enableHooks ?? false,
@@ -196,6 +236,10 @@ export class RuntimeCore implements Kernel, Runtime {
   #sweep: { cancel(): void } | undefined;
   /** Work started outside a host (e.g. parking an orphan) that `settled()` waits for. */
   #orphanWork = new Set<Promise<void>>();
+  readonly #senders: SenderQuarantine;
+  readonly #quarantineElsewhere: ((entry: QuarantineEntry) => Promise<void>) | undefined;
+  #refresh: { cancel(): void } | undefined;
+  #unwatch: (() => void) | undefined;
 
   constructor(config: RuntimeConfig) {
     this.config = resolveConfig(config);
@@ -203,6 +247,11 @@ export class RuntimeCore implements Kernel, Runtime {
     this.logger = config.logger ?? silentLogger;
     this.backend = config.backend ?? createEmbeddedBackend({ clock: this.clock });
     this.#inbox = `~${this.clientId}`;
+    this.#senders = new SenderQuarantine(
+      this.config.senderFailureLimit,
+      this.config.senderFailureWindowMs,
+    );
+    this.#quarantineElsewhere = config.quarantineElsewhere;
     for (const def of config.agents ?? []) {
       if (def?.kind !== "troupe.agent") {
         throw new TroupeError(ErrorCode.CONFIG_ERROR, "agents must be made with defineAgent()");
@@ -217,18 +266,44 @@ export class RuntimeCore implements Kernel, Runtime {
       clock: this.clock,
       hostOf: (a) => this.hosts.get(a),
       channels: this.channels,
+      refusedSender: (from) => this.#senders.refused(from),
     })) {
       this.pipeline.add(s);
     }
   }
 
   async start(): Promise<void> {
+    // the refused senders are known before the first delivery
+    this.#unwatch = this.backend.watchQuarantine?.((address, entry) => {
+      if (entry === undefined) this.#senders.delete(address);
+      else this.#senders.set(entry);
+    });
+    await this.#refreshSenders();
     await this.backend.open(this.clientId, {
       deliver: (d) => this.#route(d),
       direct: (f) => this.#onDirect(f),
     });
     this.#running = true;
     this.#scheduleSweep();
+    this.#scheduleRefresh();
+  }
+
+  /** Lists the registry into the view of refused senders; a failure keeps the old view. */
+  async #refreshSenders(): Promise<void> {
+    const generation = this.#senders.generation;
+    try {
+      this.#senders.replace(await this.backend.quarantine.list(), generation);
+    } catch (err) {
+      this.logger.warn({ err }, "could not list the quarantine registry; retrying later");
+    }
+  }
+
+  #scheduleRefresh(): void {
+    this.#refresh = this.clock.setTimeout(() => {
+      void this.#refreshSenders().finally(() => {
+        if (this.#running && !this.#stopping) this.#scheduleRefresh();
+      });
+    }, this.config.quarantineRefreshMs);
   }
 
   // --- Kernel ----------------------------------------------------------------------------
@@ -255,6 +330,68 @@ export class RuntimeCore implements Kernel, Runtime {
 
   async waitForPassivation(address: string): Promise<void> {
     await this.#passivating.get(address);
+  }
+
+  refusedFrom(from: string, err: TroupeError): void {
+    const reason = this.#senders.failed(from, err, this.clock.now());
+    if (reason === undefined) return;
+    const entry: QuarantineEntry = {
+      address: from,
+      reason,
+      by: "auto",
+      since: this.clock.now(),
+      refuseFrames: true,
+    };
+    // refused here from now on, whatever the registry write below takes
+    this.#senders.set(entry);
+    this.logger.warn({ sender: from, reason }, "quarantining sender");
+    this.#track(
+      this.#quarantineSender(entry).catch((err: unknown) =>
+        this.logger.error({ err, sender: from }, "could not record the sender's quarantine"),
+      ),
+    );
+  }
+
+  /**
+   * Records a sender's quarantine where it takes effect: its live activation here (which
+   * then holds its messages, as a manual quarantine does), the owner of its shard when it is
+   * an agent hosted elsewhere, else the registry alone (clients, unhosted endpoints, agents
+   * with no live activation: they find the entry when activated).
+   */
+  async #quarantineSender(entry: QuarantineEntry): Promise<void> {
+    const address = entry.address;
+    const host = this.hosts.get(address);
+    if (host !== undefined) {
+      await this.#enterQuarantine(host, entry.reason, "auto", true);
+      return;
+    }
+    this.counters.quarantines++;
+    const agent = !address.startsWith("~") && !address.startsWith("#");
+    if (agent && this.backend.hosts?.(address) === false && this.#quarantineElsewhere) {
+      try {
+        await this.#quarantineElsewhere(entry);
+        return;
+      } catch (err) {
+        this.logger.warn(
+          { err, sender: address },
+          "could not have the sender's owner quarantine it; recording it in the registry",
+        );
+      }
+    }
+    await this.backend.quarantine.set(entry);
+  }
+
+  async #enterQuarantine(
+    host: Host,
+    reason: string,
+    by: "auto" | "manual",
+    refuseFrames: boolean,
+  ): Promise<QuarantineEntry> {
+    const entry = await host.enterQuarantine(reason, by, refuseFrames);
+    if (refuseFrames) this.#senders.set(entry);
+    // what waits in its mailbox goes to the parking lot now
+    if (host.pendingMessageCount > 0) void host.kick();
+    return entry;
   }
 
   // --- inbound ---------------------------------------------------------------------------
@@ -562,26 +699,57 @@ export class RuntimeCore implements Kernel, Runtime {
     return address;
   }
 
-  async quarantine(ref: AgentRef | string, reason: string): Promise<void> {
+  /** A sender address a release may name: an agent, a client inbox or an endpoint. */
+  #senderAddressOf(ref: AgentRef | string): string {
+    const address = typeof ref === "string" ? ref : ref?.address;
+    if (typeof address === "string" && /^[~#]./.test(address) && address.length <= 1024) {
+      return address;
+    }
+    return this.#addressOf(ref);
+  }
+
+  quarantine(ref: AgentRef | string, reason: string): Promise<void> {
+    return this.quarantineAs(ref, reason, { by: "manual" }).then(() => undefined);
+  }
+
+  /**
+   * @internal `quarantine` with who decided and whether the address's frames are refused
+   * too (a sender's quarantine forwarded from the process that counted its failures).
+   */
+  async quarantineAs(
+    ref: AgentRef | string,
+    reason: string,
+    options: { by: "auto" | "manual"; refuseFrames?: boolean },
+  ): Promise<QuarantineEntry> {
     const address = this.#addressOf(ref);
     if (typeof reason !== "string" || reason.trim() === "") {
       throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "quarantine needs a reason");
     }
+    const refuseFrames = options.refuseFrames === true;
     const host = this.hosts.get(address);
-    if (host !== undefined) {
-      await host.enterQuarantine(reason, "manual");
-      // what waits in its mailbox goes to the parking lot now
-      if (host.pendingMessageCount > 0) void host.kick();
-      return;
-    }
+    if (host !== undefined) return this.#enterQuarantine(host, reason, options.by, refuseFrames);
     this.counters.quarantines++;
-    await this.backend.quarantine.set({ address, reason, by: "manual", since: this.clock.now() });
+    const entry: QuarantineEntry = { address, reason, by: options.by, since: this.clock.now() };
+    if (refuseFrames) entry.refuseFrames = true;
+    await this.backend.quarantine.set(entry);
+    if (refuseFrames) this.#senders.set(entry);
+    return entry;
   }
 
   async release(ref: AgentRef | string): Promise<number> {
-    const address = this.#addressOf(ref);
+    const address = this.#senderAddressOf(ref);
     const entry = await this.backend.quarantine.get(address);
     let host = this.hosts.get(address);
+    if (address.startsWith("~") || (address.startsWith("#") && host === undefined)) {
+      // a client or an endpoint not bound here: nothing is held for it here, only its entry
+      if (entry === undefined && this.#senders.refused(address) === undefined) {
+        throw new TroupeError(ErrorCode.INVALID_STATE, `${address} is not quarantined`);
+      }
+      await this.backend.quarantine.delete(address);
+      // its frames are taken again from now on; those parked meanwhile stay parked (audit)
+      this.#senders.delete(address);
+      return 0;
+    }
     if (entry === undefined && host?.state !== LifecycleState.QUARANTINED) {
       throw new TroupeError(ErrorCode.INVALID_STATE, `${address} is not quarantined`);
     }
@@ -589,6 +757,7 @@ export class RuntimeCore implements Kernel, Runtime {
     if (host === undefined && held === 0) {
       // nothing waits for it: the next message finds it released
       await this.backend.quarantine.delete(address);
+      this.#senders.delete(address);
       return 0;
     }
     if (host === undefined && this.backend.hosts?.(address) === false) {
@@ -603,6 +772,8 @@ export class RuntimeCore implements Kernel, Runtime {
     if (entry !== undefined && entry.releasing === undefined) {
       await this.backend.quarantine.set({ ...entry, releasing: this.clock.now() });
     }
+    // a released sender's frames are taken again from the start of its release
+    this.#senders.delete(address);
     if (host === undefined) {
       const created = this.#createHost(address);
       if (created instanceof TroupeError) throw created;
@@ -808,6 +979,8 @@ export class RuntimeCore implements Kernel, Runtime {
     if (!this.#running || this.#stopping) return;
     this.#stopping = true;
     this.#sweep?.cancel();
+    this.#refresh?.cancel();
+    this.#unwatch?.();
     const deadline = new Promise<"timeout">((r) => {
       const t = setTimeout(() => r("timeout"), this.config.shutdownTimeoutMs);
       t.unref?.();

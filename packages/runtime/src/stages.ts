@@ -1,4 +1,4 @@
-/** The built-in checkpoint stages: decode, dedup, open, validate, authorize, rate-limit. */
+/** The built-in checkpoint stages: decode, dedup, sender, open, validate, authorize, rate-limit. */
 
 import type { StandardSchemaV1 } from "@standard-schema/spec";
 import {
@@ -10,6 +10,7 @@ import {
   TroupeError,
 } from "@troupe/wire";
 import type { AgentDefinition } from "./agent.js";
+import type { QuarantineEntry } from "./backend.js";
 import type { Channels } from "./channels-table.js";
 import type { Clock } from "./clock.js";
 import type { Host } from "./host.js";
@@ -21,12 +22,15 @@ export interface StageDeps {
   clock: Clock;
   hostOf(address: string): Host | undefined;
   channels: Channels;
+  /** The quarantine entry refusing frames from this sender, if any (a cached view). */
+  refusedSender(from: string): QuarantineEntry | undefined;
 }
 
 export function builtInStages(deps: StageDeps): Stage[] {
   return [
     decodeStage(deps),
     dedupStage(deps),
+    senderStage(deps),
     openStage(deps),
     validateStage(deps),
     authorizeStage(deps),
@@ -80,6 +84,29 @@ function dedupStage({ hostOf }: StageDeps): Stage {
         return { skip: "duplicate" };
       }
       return undefined;
+    },
+  };
+}
+
+/**
+ * Refuses frames from a sender quarantined for sending bad frames, before any crypto work.
+ * After dedup: a redelivery whose effects are stored is skipped as before, not parked.
+ */
+function senderStage({ refusedSender }: StageDeps): Stage {
+  return {
+    name: "sender",
+    order: StageOrder.SENDER,
+    run(ctx) {
+      const from = ctx.envelope!.from;
+      const entry = refusedSender(from);
+      if (entry === undefined) return undefined;
+      throw new TroupeError(
+        ErrorCode.QUARANTINED,
+        `sender ${from} is quarantined: ${entry.reason}`,
+        {
+          details: { from, since: entry.since },
+        },
+      );
     },
   };
 }

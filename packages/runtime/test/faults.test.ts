@@ -32,7 +32,9 @@ describe("faults", () => {
       },
       strictEvents: true,
     });
-    const runtime = await createRuntime({ agents: [strict] });
+    // every frame claims the same sender: sender quarantine (sender-quarantine.test.ts) would
+    // refuse it after 5; off here, so each garbage frame meets the decode stages themselves
+    const runtime = await createRuntime({ agents: [strict], senderFailureLimit: 0 });
     const ref = runtime.ref("counter", "target");
     await ref.send({ type: "inc", by: 1 });
     const rand = rng(42);

@@ -336,6 +336,7 @@ describe("runtime (embedded)", () => {
     expect(runtime.stages().map((s) => s.name)).toEqual([
       "decode",
       "dedup",
+      "sender",
       "open",
       "validate",
       "audit",

@@ -117,13 +117,16 @@ export async function release(
   options: QuarantineOptions,
   io: Io,
 ): Promise<number> {
-  const { type, key } = parseAddress(address);
+  // a client inbox (`~id`) or an endpoint (`#hex`) quarantined as a sender is released too
+  const target = /^[~#]\S+$/.test(address)
+    ? address
+    : (({ type, key }) => `${type}/${key}`)(parseAddress(address));
   return withNats(options, io, async (nc, settings) => {
     const { text, reply } = await ask(
       nc,
       settings,
       "release",
-      { address: `${type}/${key}` },
+      { address: target },
       options.timeout ?? 10_000,
     );
     if (options.json) writeLine(io.stdout, text.trim());
@@ -131,7 +134,7 @@ export async function release(
       const held = typeof reply.held === "number" ? reply.held : 0;
       writeLine(
         io.stdout,
-        `released ${type}/${key} on ${String(reply.worker)}: ${held} held message${held === 1 ? "" : "s"} delivered first, in order`,
+        `released ${target} on ${String(reply.worker)}: ${held} held message${held === 1 ? "" : "s"} delivered first, in order`,
       );
     }
     return 0;
