@@ -1,8 +1,9 @@
 /**
  * Quarantine as a cluster operation, with real processes: a built coordinator and worker,
  * the built `troupe` CLI. An agent quarantined through the CLI has its messages held in the
- * parked stream; the worker is SIGKILLed and started again; the agent is still quarantined
- * with its held messages, and `troupe release` delivers them in order before new ones.
+ * held stream; the worker and the coordinator are SIGKILLed and started again; the agent is
+ * still quarantined with its held messages, and `troupe release` delivers them in order
+ * before new ones.
  */
 import { execFile } from "node:child_process";
 import { join } from "node:path";
@@ -88,6 +89,16 @@ interface Listed {
   agents: { address: string; reason: string; by: string; held: number }[];
 }
 
+const startCoordinator = () =>
+  spawnNode("coordinator", COORDINATOR_MAIN, [
+    "--nats",
+    server.url,
+    "--namespace",
+    NAMESPACE,
+    "--shards",
+    String(SHARDS),
+  ]);
+
 describe.skipIf(natsMissing !== undefined)(
   `quarantine across a worker restart ${natsMissing ?? ""}`,
   () => {
@@ -95,14 +106,7 @@ describe.skipIf(natsMissing !== undefined)(
       await buildApps();
       server = await startNatsServer();
       nc = await natsConnect({ servers: server.url });
-      spawnNode("coordinator", COORDINATOR_MAIN, [
-        "--nats",
-        server.url,
-        "--namespace",
-        NAMESPACE,
-        "--shards",
-        String(SHARDS),
-      ]);
+      startCoordinator();
       startWorker();
       try {
         await ownsAll();
@@ -124,7 +128,7 @@ describe.skipIf(natsMissing !== undefined)(
       await server?.cleanup();
     }, 60_000);
 
-    it("stays quarantined with its held messages after SIGKILL; release delivers them in order first", async () => {
+    it("stays quarantined with its held messages after worker and coordinator SIGKILLs; release delivers them in order first", async () => {
       const ref = client.ref("qlog", "a");
       await ref.send({ type: "item", n: 0 });
       expect(await ref.request({ type: "get" })).toEqual({ seen: [0] });
@@ -139,10 +143,16 @@ describe.skipIf(natsMissing !== undefined)(
         return agents[0]?.held === 50;
       });
 
-      // killed: nothing graceful; the restarted worker finds the quarantine in KV
-      const killed = procs.find((p) => p.name === WORKER && p.child.exitCode === null)!;
-      expect(await stopProc(killed, "SIGKILL")).toBe("SIGKILL");
+      // worker and coordinator killed: nothing graceful; the restarted worker finds the
+      // quarantine in KV, the restarted coordinator lists it
+      const alive = (name: string) =>
+        procs.find(
+          (p) => p.name === name && p.child.exitCode === null && p.child.signalCode === null,
+        )!;
+      expect(await stopProc(alive(WORKER), "SIGKILL")).toBe("SIGKILL");
+      expect(await stopProc(alive("coordinator"), "SIGKILL")).toBe("SIGKILL");
       for (let n = 51; n <= 60; n++) await ref.send({ type: "item", n }); // while it is down
+      startCoordinator();
       startWorker();
       await ownsAll();
       await waitFor("60 held messages after the restart", async () => {
