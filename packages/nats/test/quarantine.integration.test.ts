@@ -87,7 +87,8 @@ async function seenOf(address: string): Promise<number[]> {
 
 describe("quarantine on NATS", () => {
   it("parks a poisoned agent's messages so its shard keeps flowing; release delivers them in order first", async () => {
-    const baseline = await healthyRound(0);
+    await healthyRound(0); // activates the healthy agents: not part of either figure
+    const baseline = await healthyRound(1);
 
     const poisoned = runtime.ref(logAgent, "poisoned");
     await poisoned.send({ type: "item", n: 0 });
@@ -103,7 +104,7 @@ describe("quarantine on NATS", () => {
     const flood = (async () => {
       for (let n = 2; n < POISONED_MESSAGES; n++) await poisoned.send({ type: "item", n });
     })();
-    const withPoisoned = await healthyRound(1);
+    const withPoisoned = await healthyRound(2);
     await flood;
     await runtime.settled();
     console.log(
