@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { clusterBench } from "./cluster.js";
 import { runCryptoBench } from "./crypto.js";
 import { rawXState, troupeEmbedded } from "./embedded.js";
+import { isolationBench } from "./isolation.js";
 import { recoveryBench } from "./recovery.js";
 
 const quick = process.argv.includes("--quick");
@@ -133,6 +134,38 @@ async function main(): Promise<void> {
     }
   }
 
+  let isolation: Record<string, unknown> | undefined;
+  if (process.argv.includes("--no-cluster")) {
+    console.log("Isolation: skipped (--no-cluster)\n");
+  } else {
+    try {
+      const isoMessages = quick ? 10_000 : 20_000;
+      const f = await isolationBench(isoMessages, runs);
+      const alone = median(f.alone);
+      const share = median(f.share);
+      const flood = median(f.flood);
+      isolation = { messages: isoMessages, alone, share, flood };
+      console.log(
+        `Isolation: healthy agents' msgs/s on NATS next to a quarantined agent (${isoMessages} healthy messages a round, one process, rounds alternated)`,
+      );
+      console.table([
+        { case: "100 healthy agents alone", "msgs/s": fmt(alone), "vs alone": "1.00" },
+        {
+          case: `… while a quarantined agent gets its share (${Math.round(isoMessages / 100)})`,
+          "msgs/s": fmt(share),
+          "vs alone": (share / alone).toFixed(2),
+        },
+        {
+          case: `… while it gets a flood (${isoMessages / 2}), held by the same process`,
+          "msgs/s": fmt(flood),
+          "vs alone": (flood / alone).toFixed(2),
+        },
+      ]);
+    } catch (e) {
+      console.log(`Isolation: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
+    }
+  }
+
   const crypto = await runCryptoBench();
   console.log("Wire: frames at 256 B payloads");
   console.table(
@@ -143,7 +176,7 @@ async function main(): Promise<void> {
   mkdirSync(out, { recursive: true });
   writeFileSync(
     join(out, "latest.json"),
-    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, cluster, recovery, wire: crypto }, null, 2)}\n`,
+    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, cluster, recovery, isolation, wire: crypto }, null, 2)}\n`,
   );
   console.log(`\nwritten: bench/results/latest.json`);
 }
