@@ -36,7 +36,8 @@ function node(script: string, args: string[]): ChildProcess {
   return spawn(process.execPath, [script, ...args], {
     cwd: root,
     stdio: "ignore",
-    env: { ...process.env, TROUPE_LOG_LEVEL: "warn" },
+    // several workers on one machine: each takes a free port for its probes
+    env: { ...process.env, TROUPE_LOG_LEVEL: "warn", TROUPE_HTTP_PORT: "0" },
   });
 }
 

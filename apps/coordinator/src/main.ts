@@ -1,8 +1,10 @@
 #!/usr/bin/env node
+import { startTelemetry } from "@troupe/telemetry";
 import { ErrorCode, isTroupeError } from "@troupe/wire";
 /** troupe-coordinator: assigns shards to workers; leader-elected, run several for standby. */
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
+import { type CoordinatorProbes, httpPort, startCoordinatorProbes } from "./probes.js";
 import { type RunningCoordinator, startCoordinatorService } from "./service.js";
 
 const EXIT_CONFIG = 2;
@@ -55,6 +57,12 @@ const program = new Command()
   )
   .addOption(new Option("--id <id>", "coordinator id (default: host name, pid and a suffix)"))
   .addOption(
+    new Option("--http-port <port>", "port of /healthz, /readyz, /metrics (0: any free; off: none)")
+      .env("TROUPE_HTTP_PORT")
+      .argParser(httpPort)
+      .default(8081),
+  )
+  .addOption(
     new Option("--log-level <level>", "log level")
       .env("TROUPE_LOG_LEVEL")
       .choices(["trace", "debug", "info", "warn", "error", "fatal"])
@@ -70,6 +78,7 @@ const opts = program.opts<{
   leaseMs: number;
   handoffTimeoutMs: number;
   id?: string;
+  httpPort: number | "off";
   logLevel: string;
 }>();
 
@@ -77,8 +86,12 @@ const logger = pino(
   { level: opts.logLevel, base: { service: "troupe-coordinator", pid: process.pid } },
   pino.destination({ dest: 2, sync: true }),
 );
+// OTLP trace export, only when OTEL_EXPORTER_OTLP_ENDPOINT is set
+const telemetry = startTelemetry({ serviceName: "troupe-coordinator", logger });
 
 let stopping = false;
+let running: RunningCoordinator | undefined;
+let probes: CoordinatorProbes | undefined;
 
 function fail(err: unknown, what: string): never {
   logger.fatal({ err }, what);
@@ -93,19 +106,32 @@ process.on("uncaughtException", (err) => fail(err, "uncaught exception"));
 // an existing namespace keeps its count; only an explicit --shards must match it
 const shardsGiven = program.getOptionValueSource("shards") !== "default";
 
-const started: Promise<RunningCoordinator> = startCoordinatorService({
-  servers: opts.nats
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s !== ""),
-  namespace: opts.namespace,
-  ...(shardsGiven ? { shardCount: opts.shards } : {}),
-  replicas: opts.replicas,
-  leaseMs: opts.leaseMs,
-  handoffTimeoutMs: opts.handoffTimeoutMs,
-  logger,
-  ...(opts.id === undefined ? {} : { id: opts.id }),
-}).catch((err) => fail(err, "coordinator could not start"));
+async function start(): Promise<RunningCoordinator> {
+  // probes first: /healthz answers (and /readyz says why not) while NATS is awaited
+  probes = await startCoordinatorProbes({
+    port: opts.httpPort === "off" ? undefined : opts.httpPort,
+    namespace: opts.namespace,
+    state: { service: () => running, stopping: () => stopping },
+    logger,
+  });
+  running = await startCoordinatorService({
+    servers: opts.nats
+      .split(",")
+      .map((s) => s.trim())
+      .filter((s) => s !== ""),
+    namespace: opts.namespace,
+    ...(shardsGiven ? { shardCount: opts.shards } : {}),
+    replicas: opts.replicas,
+    leaseMs: opts.leaseMs,
+    handoffTimeoutMs: opts.handoffTimeoutMs,
+    logger,
+    ...(opts.id === undefined ? {} : { id: opts.id }),
+  });
+  probes.metrics.label({ namespace: opts.namespace, coordinator: running.coordinator.id });
+  return running;
+}
+
+const started = start().catch((err) => fail(err, "coordinator could not start"));
 
 async function shutdown(signal: string): Promise<void> {
   if (stopping) {
@@ -116,10 +142,12 @@ async function shutdown(signal: string): Promise<void> {
   logger.info({ signal }, "signal received: stepping down");
   try {
     await (await started).stop();
+    await probes?.close();
   } catch (err) {
     logger.error({ err }, "stop failed");
     process.exit(1);
   }
+  await telemetry.shutdown(); // flush the last spans
   process.exit(0);
 }
 

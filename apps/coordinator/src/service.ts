@@ -2,8 +2,11 @@
  * The coordinator service, reusable in-process: connect, ensure the namespace, compete for
  * the lease and lead; `stop()` steps down so a standby takes over at once.
  */
+
+import type { NatsConnection } from "@nats-io/transport-node";
 import { type Coordinator, createCoordinator } from "@troupe/coordinator";
-import { connectNats, ensureNamespace } from "@troupe/nats";
+import { connectNats, ensureNamespaceRetrying } from "@troupe/nats";
+import { watchConnection } from "@troupe/probes";
 import type { Logger } from "@troupe/runtime";
 
 /** A logger that can make children (pino's shape); libraries get a child each. */
@@ -26,6 +29,11 @@ export interface CoordinatorServiceOptions {
 export interface RunningCoordinator {
   readonly coordinator: Coordinator;
   readonly shardCount: number;
+  readonly namespace: string;
+  /** The connection (for reads the metrics make on scrape). */
+  readonly nc: NatsConnection;
+  /** The NATS connection is up (false while it reconnects, and once closed). */
+  connected(): boolean;
   /** Step down, drain the connection. Idempotent. */
   stop(): Promise<void>;
 }
@@ -38,13 +46,15 @@ export async function startCoordinatorService(
     name: `troupe-coordinator${options.id === undefined ? "" : `-${options.id}`}`,
     logger: log.child({ component: "nats" }),
   });
+  const connection = watchConnection(nc);
   try {
     const ensure: { namespace: string; shardCount?: number; replicas?: number } = {
       namespace: options.namespace,
     };
     if (options.shardCount !== undefined) ensure.shardCount = options.shardCount;
     if (options.replicas !== undefined) ensure.replicas = options.replicas;
-    const { shardCount } = await ensureNamespace(nc, {
+    // a fresh JetStream cluster may still be electing stream leaders: wait that out
+    const { shardCount } = await ensureNamespaceRetrying(nc, {
       ...ensure,
       logger: log.child({ component: "namespace" }),
     });
@@ -80,6 +90,9 @@ export async function startCoordinatorService(
     return {
       coordinator,
       shardCount,
+      namespace: options.namespace,
+      nc,
+      connected: () => connection.connected(),
       stop() {
         stopping ??= stop();
         return stopping;

@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 /** troupe-worker: hosts the agents of the shards the coordinator assigns to it. */
+import { startTelemetry } from "@troupe/telemetry";
 import { ErrorCode, isTroupeError } from "@troupe/wire";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
+import { httpPort, startWorkerProbes, type WorkerProbes } from "./probes.js";
 import { loadAgents, type RunningWorker, startWorker } from "./worker.js";
 
 const EXIT_CONFIG = 2;
@@ -55,6 +57,12 @@ const program = new Command()
       .argParser(intAtLeast(10)),
   )
   .addOption(
+    new Option("--http-port <port>", "port of /healthz, /readyz, /metrics (0: any free; off: none)")
+      .env("TROUPE_HTTP_PORT")
+      .argParser(httpPort)
+      .default(8080),
+  )
+  .addOption(
     new Option("--log-level <level>", "log level")
       .env("TROUPE_LOG_LEVEL")
       .choices(["trace", "debug", "info", "warn", "error", "fatal"])
@@ -69,6 +77,7 @@ const opts = program.opts<{
   id?: string;
   leaseMs: number;
   heartbeatMs?: number;
+  httpPort: number | "off";
   logLevel: string;
 }>();
 
@@ -76,8 +85,12 @@ const logger = pino(
   { level: opts.logLevel, base: { service: "troupe-worker", pid: process.pid } },
   pino.destination({ dest: 2, sync: true }),
 );
+// OTLP trace export, only when OTEL_EXPORTER_OTLP_ENDPOINT is set
+const telemetry = startTelemetry({ serviceName: "troupe-worker", logger });
 
 let stopping = false;
+let running: RunningWorker | undefined;
+let probes: WorkerProbes | undefined;
 
 function fail(err: unknown, what: string): never {
   logger.fatal({ err }, what);
@@ -90,7 +103,19 @@ process.on("unhandledRejection", (err) => {
 process.on("uncaughtException", (err) => fail(err, "uncaught exception"));
 
 async function start(): Promise<RunningWorker> {
-  const paths = Array.isArray(opts.agents) ? opts.agents : opts.agents.split(",");
+  // probes first: /healthz answers (and /readyz says why not) while NATS is awaited
+  const p = await startWorkerProbes({
+    port: opts.httpPort === "off" ? undefined : opts.httpPort,
+    namespace: opts.namespace,
+    state: { worker: () => running, stopping: () => stopping },
+    logger,
+  });
+  probes = p;
+  // --agents a b, --agents a,b and TROUPE_AGENTS=a,b all name several modules
+  const paths = (Array.isArray(opts.agents) ? opts.agents : [opts.agents])
+    .flatMap((p) => p.split(","))
+    .map((p) => p.trim())
+    .filter((p) => p !== "");
   const agents = await loadAgents(paths);
   const options: Parameters<typeof startWorker>[0] = {
     servers: opts.nats
@@ -101,10 +126,13 @@ async function start(): Promise<RunningWorker> {
     agents,
     logger,
     leaseMs: opts.leaseMs,
+    onMessageHandled: p.metrics.onMessageHandled,
   };
   if (opts.heartbeatMs !== undefined) options.heartbeatMs = opts.heartbeatMs;
   if (opts.id !== undefined) options.id = opts.id;
-  return startWorker(options);
+  running = await startWorker(options);
+  p.metrics.label({ namespace: opts.namespace, worker: running.id });
+  return running;
 }
 
 const started = start().catch((err) => fail(err, "worker could not start"));
@@ -120,10 +148,12 @@ async function shutdown(signal: string): Promise<void> {
     // a signal during start-up stops the worker once it is up
     const worker = await started;
     await worker.stop();
+    await probes?.close();
   } catch (err) {
     logger.error({ err }, "stop failed");
     process.exit(1);
   }
+  await telemetry.shutdown(); // flush the last spans
   process.exit(0);
 }
 

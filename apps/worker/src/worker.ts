@@ -2,6 +2,7 @@
  * The worker, reusable in-process: connect, ensure the namespace, host the agents on the
  * JetStream backend and join the cluster; `stop()` drains (hands shards back) and closes.
  */
+import { hostname } from "node:os";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import {
@@ -10,8 +11,16 @@ import {
   quarantineThroughLeader,
   serveWorkerQuarantine,
 } from "@troupe/coordinator";
-import { connectNats, createNatsBackend, openNamespace } from "@troupe/nats";
-import { type AgentDefinition, createRuntime, type Logger, type Runtime } from "@troupe/runtime";
+import { defaultNodeId } from "@troupe/coordinator/internal";
+import { connectNats, createNatsBackend, type NatsBackend, openNamespace } from "@troupe/nats";
+import { watchConnection } from "@troupe/probes";
+import {
+  type AgentDefinition,
+  createRuntime,
+  type HandledMessage,
+  type Logger,
+  type Runtime,
+} from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
 import { serveReplay } from "./replay-control.js";
 
@@ -29,6 +38,8 @@ export interface WorkerOptions {
   id?: string;
   heartbeatMs?: number;
   leaseMs?: number;
+  /** Told about every message the runtime handled, with its duration (the latency histogram). */
+  onMessageHandled?: (m: HandledMessage) => void;
   logger: ParentLogger;
 }
 
@@ -36,7 +47,10 @@ export interface RunningWorker {
   readonly id: string;
   readonly runtime: Runtime;
   readonly membership: Membership;
+  readonly backend: NatsBackend;
   readonly shardCount: number;
+  /** The NATS connection is up (false while it reconnects, and once closed). */
+  connected(): boolean;
   /** Drain (hand every shard back), shut the runtime down, drain the connection. Idempotent. */
   stop(): Promise<void>;
 }
@@ -50,6 +64,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     name: `troupe-worker${options.id === undefined ? "" : `-${options.id}`}`,
     logger: log.child({ component: "nats" }),
   });
+  const connection = watchConnection(nc);
   try {
     // the coordinator creates the namespace (shard count, replicas): wait for it
     const namespaceInfo = await openNamespace(nc, {
@@ -62,6 +77,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       namespaceInfo,
       logger: log.child({ component: "backend" }),
     });
+    const workerId = options.id ?? defaultNodeId(hostname(), process.pid);
     const runtime = await createRuntime({
       agents: options.agents,
       backend,
@@ -70,6 +86,11 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       limits: { maxFrameBytes: backend.maxFrameBytes },
       // a sender of bad frames hosted by another worker: its owner quarantines it at once
       quarantineElsewhere: quarantineThroughLeader(nc, options.namespace),
+      // the id is chosen here (not by joinCluster) so that spans can name the worker
+      spanAttributes: { "troupe.worker.id": workerId },
+      ...(options.onMessageHandled === undefined
+        ? {}
+        : { onMessageHandled: options.onMessageHandled }),
     });
     let membership: Membership;
     try {
@@ -80,7 +101,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         runtime,
         agentTypes: options.agents.map((a) => a.type),
         logger: log.child({ component: "membership" }),
-        ...(options.id === undefined ? {} : { id: options.id }),
+        id: workerId,
         ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
         ...(options.leaseMs === undefined ? {} : { leaseMs: options.leaseMs }),
       });
@@ -130,7 +151,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       id: membership.id,
       runtime,
       membership,
+      backend,
       shardCount,
+      connected: () => connection.connected(),
       stop() {
         stopping ??= stop();
         return stopping;

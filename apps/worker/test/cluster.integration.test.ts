@@ -312,5 +312,12 @@ describe("troupe-coordinator and troupe-worker processes", () => {
     expect(noAgents.logs.join("\n")).toMatch(/exports no agent definitions/);
     expect(await wrongShards.exited, logTail(wrongShards)).toBe(2);
     expect(wrongShards.logs.join("\n")).toMatch(/has 16 shards/);
+    // TROUPE_AGENTS names several modules, comma-separated: the second one is loaded too
+    const missing = join(repo, "apps/worker/test/fixtures/does-not-exist.mjs");
+    const fromEnv = spawnNode("agents-env", WORKER_MAIN, natsArgs(), {
+      env: { TROUPE_AGENTS: `${FIXTURE},${missing}` },
+    });
+    expect(await fromEnv.exited, logTail(fromEnv)).toBe(2);
+    expect(fromEnv.logs.join("\n")).toContain(`cannot load agent module ${missing}`);
   }, 30_000);
 });

@@ -55,11 +55,18 @@ export interface Proc {
 /** Every process spawned here, for `stopAll`. */
 export const procs: Proc[] = [];
 
-export function spawnNode(name: string, script: string, args: string[]): Proc {
+/** `options.cwd` / `options.env` (added to this process's env) run it as a container would. */
+export function spawnNode(
+  name: string,
+  script: string,
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): Proc {
   const child = spawn(process.execPath, [script, ...args], {
-    cwd: repo,
+    cwd: options.cwd ?? repo,
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, TROUPE_LOG_LEVEL: "info" },
+    // several processes on one machine: probes on any free port unless the test says otherwise
+    env: { ...process.env, TROUPE_LOG_LEVEL: "info", TROUPE_HTTP_PORT: "0", ...options.env },
   });
   const logs: string[] = [];
   let partial = "";

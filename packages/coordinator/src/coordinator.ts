@@ -65,6 +65,20 @@ export interface Coordinator {
   readonly isLeader: boolean;
   /** The cluster as this coordinator sees it (a standby reads the buckets). */
   status(): Promise<ClusterStatus>;
+  /** Synchronous, no I/O: for readiness probes and metrics. */
+  health(): CoordinatorHealth;
+}
+
+/** A coordinator's own state, as probes and metrics read it (`Coordinator.health`). */
+export interface CoordinatorHealth {
+  /** Started and not stopped. */
+  running: boolean;
+  leader: boolean;
+  /**
+   * Lease rounds (take, renew or check the lease) that failed in a row, e.g. JetStream
+   * unavailable: a standby that cannot read the lease cannot take over.
+   */
+  failedLeaseRounds: number;
 }
 
 interface HeldLease {
@@ -98,6 +112,7 @@ class CoordinatorNode implements Coordinator {
   #leaseAgain = false;
   #leaderWatch: Follower | undefined;
   #duty: LeaderDuty | undefined;
+  #failedLeaseRounds = 0;
 
   constructor(options: CoordinatorOptions) {
     this.id = options.id ?? defaultNodeId(hostname(), process.pid);
@@ -117,6 +132,14 @@ class CoordinatorNode implements Coordinator {
 
   get isLeader(): boolean {
     return this.#holdsLease();
+  }
+
+  health(): CoordinatorHealth {
+    return {
+      running: this.#running,
+      leader: this.#holdsLease(),
+      failedLeaseRounds: this.#failedLeaseRounds,
+    };
   }
 
   /** Stop acting a little before the lease ends, so a standby never overlaps with us. */
@@ -205,7 +228,9 @@ class CoordinatorNode implements Coordinator {
         this.#leaseAgain = false;
         try {
           await this.#leaseRound();
+          this.#failedLeaseRounds = 0;
         } catch (err) {
+          this.#failedLeaseRounds++;
           this.#log.warn({ err }, "lease round failed");
         }
       } while (this.#leaseAgain && this.#running);

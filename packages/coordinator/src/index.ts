@@ -1,8 +1,8 @@
 /** @troupe/coordinator — leader lease, membership, shard assignment and handoff, control API. */
 
-export type { Coordinator, CoordinatorOptions } from "./coordinator.js";
+export type { Coordinator, CoordinatorHealth, CoordinatorOptions } from "./coordinator.js";
 export { createCoordinator } from "./coordinator.js";
-export type { JoinOptions, Membership, ShardOwner } from "./membership.js";
+export type { JoinOptions, Membership, MembershipHealth, ShardOwner } from "./membership.js";
 export { joinCluster } from "./membership.js";
 export { placeShards } from "./placement.js";
 export type {

@@ -74,10 +74,29 @@ export interface JoinOptions {
   logger?: Logger;
 }
 
+/** A worker's standing in the cluster, as probes and metrics read it (`Membership.health`). */
+export interface MembershipHealth {
+  /** A graceful leave is under way (or done): shards are being handed back. */
+  draining: boolean;
+  /** The last stored heartbeat is young enough to act for its shards (not fenced by a lapse). */
+  leaseHeld: boolean;
+  /** Shards this worker pulls from now. */
+  owned: number;
+  /**
+   * Shards the assignment gives this worker that it does not pull yet: being taken on, or
+   * waiting a lease after a lapse before they are pulled again at the epoch they were fenced at.
+   */
+  pending: number;
+  /** Times this worker fenced shards (its lease lapsed, or the assignment moved them on). */
+  fences: number;
+}
+
 export interface Membership {
   readonly id: string;
   /** Shards this worker pulls from now. */
   ownedShards(): number[];
+  /** Synchronous, no I/O: for readiness probes and metrics. */
+  health(): MembershipHealth;
   /**
    * Graceful leave (SIGTERM): marks the entry draining, releases every shard as the leader
    * hands them off (confirming each), deletes the members entry. Does not shut the runtime.
@@ -169,6 +188,22 @@ class WorkerMember implements Membership {
 
   ownedShards(): number[] {
     return [...this.#owned].sort((a, b) => a - b);
+  }
+
+  health(): MembershipHealth {
+    let pending = 0;
+    if (!this.#draining) {
+      for (const [i, s] of (this.#latest?.shards ?? []).entries()) {
+        if (s.owner === this.id && !this.#owned.has(i)) pending++;
+      }
+    }
+    return {
+      draining: this.#draining,
+      leaseHeld: this.#leaseHeld(),
+      owned: this.#owned.size,
+      pending,
+      fences: this.#fences,
+    };
   }
 
   async join(): Promise<void> {

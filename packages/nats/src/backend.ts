@@ -18,6 +18,7 @@ import {
 } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import {
+  Match,
   type MsgHdrs,
   type NatsConnection,
   headers as natsHeaders,
@@ -47,6 +48,7 @@ import {
   ErrorCode,
   encodeFrame,
   type Frame,
+  type TraceContext,
   TroupeError,
 } from "@troupe/wire";
 import { Packr } from "msgpackr";
@@ -111,6 +113,11 @@ export interface NatsBackendStats {
   appendFailures: number;
   /** Inbox messages handed to the runtime. */
   delivered: number;
+  /**
+   * Of those, deliveries the server marked as redelivered (nak'd, not acknowledged within
+   * ack_wait, or left unacknowledged by a previous owner).
+   */
+  redelivered: number;
   acked: number;
   naked: number;
   /** Messages on an inbox subject whose token is not an address of that shard. */
@@ -305,6 +312,17 @@ class ShardDelivery implements Delivery {
     if (this.settled) return;
     this.settled = true;
     this.#owner.settle(this, "nak", delayMs);
+  }
+
+  /** The W3C trace context in the message's headers (read only when a span wants it). */
+  get trace(): TraceContext | undefined {
+    const h = this.msg.headers;
+    if (h === undefined) return undefined;
+    // header names are case-insensitive (HTTP semantics); other publishers may capitalise
+    const traceparent = h.get("traceparent", Match.IgnoreCase);
+    if (traceparent === "") return undefined;
+    const tracestate = h.get("tracestate", Match.IgnoreCase);
+    return tracestate === "" ? { traceparent } : { traceparent, tracestate };
   }
 }
 
@@ -646,6 +664,7 @@ export class NatsBackendImpl implements NatsBackend {
     appendRetries: 0,
     appendFailures: 0,
     delivered: 0,
+    redelivered: 0,
     acked: 0,
     naked: 0,
     misrouted: 0,
@@ -1189,6 +1208,15 @@ export class NatsBackendImpl implements NatsBackend {
     return [...this.#wanted].sort((a, b) => a - b);
   }
 
+  /** The shard of an agent address (undefined for one that has none, e.g. a client inbox). */
+  shardOf(address: string): number | undefined {
+    try {
+      return this.#route(address).shard;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** An agent is hosted here while its shard is pulled here. */
   hosts(address: string): boolean {
     try {
@@ -1238,6 +1266,7 @@ export class NatsBackendImpl implements NatsBackend {
     const d = new ShardDelivery(this, m, to, puller.shard, Date.now());
     this.#unsettled.set(d.sequence, d);
     this.counters.delivered++;
+    if (m.redelivered) this.counters.redelivered++;
     h.deliver(d);
   }
 

@@ -22,6 +22,7 @@ export {
   DEFAULT_SHARD_COUNT,
   type EnsureNamespaceOptions,
   ensureNamespace,
+  ensureNamespaceRetrying,
   isNamespaceMissing,
   type NamespaceInfo,
   type NamespaceNames,

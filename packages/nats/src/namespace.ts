@@ -27,6 +27,7 @@ import {
   apiCode,
   isConsumerNotFound,
   isStreamNotFound,
+  isTransient,
   isWrongLastSequence,
   messageOf,
   transportError,
@@ -663,27 +664,53 @@ export interface OpenNamespaceOptions {
 /**
  * Opens a namespace a coordinator creates, waiting (with backoff, saying so once) until it
  * exists: what workers and clients do, so the coordinator's shard count and replicas win
- * whatever order processes start in.
+ * whatever order processes start in. Transient failures (below) are waited out as well.
  */
-export async function openNamespace(
+export function openNamespace(
   nc: NatsConnection,
   options: OpenNamespaceOptions = {},
 ): Promise<NamespaceInfo> {
+  return retrying(() => ensureNamespace(nc, { ...options, create: false }), options);
+}
+
+/**
+ * ensureNamespace at process start: tried again with backoff while the failure is transient
+ * — a fresh JetStream cluster answers "no responders" while it is still electing the leaders
+ * of new streams and buckets — instead of failing the process. Configuration errors (a shard
+ * count that does not match, settings the server refuses) fail at once.
+ */
+export function ensureNamespaceRetrying(
+  nc: NatsConnection,
+  options: EnsureNamespaceOptions & { waitMs?: number } = {},
+): Promise<NamespaceInfo> {
+  return retrying(() => ensureNamespace(nc, options), options);
+}
+
+async function retrying(
+  attempt: () => Promise<NamespaceInfo>,
+  options: { namespace?: string; waitMs?: number; logger?: Logger },
+): Promise<NamespaceInfo> {
   const started = Date.now();
   let delay = 250;
-  let said = false;
+  const said = new Set<string>();
   for (;;) {
     try {
-      return await ensureNamespace(nc, { ...options, create: false });
+      return await attempt();
     } catch (e) {
-      if (!isNamespaceMissing(e)) throw e;
+      if (!isTransient(e)) throw e;
       const waited = Date.now() - started;
       if (options.waitMs !== undefined && waited >= options.waitMs) throw e;
-      if (!said) {
-        said = true;
+      const kind = isNamespaceMissing(e) ? "missing" : "transient";
+      if (!said.has(kind)) {
+        said.add(kind);
         options.logger?.info(
-          { namespace: options.namespace ?? DEFAULT_NAMESPACE },
-          `${(e as Error).message}; waiting for it`,
+          {
+            namespace: options.namespace ?? DEFAULT_NAMESPACE,
+            err: kind === "transient" ? e : undefined,
+          },
+          kind === "missing"
+            ? `${(e as Error).message}; waiting for it`
+            : `namespace not ready yet (${messageOf(e)}); trying again`,
         );
       }
       let wait = delay;

@@ -3,7 +3,13 @@
  * They run inside the agent's transition; the host collects what they emit and publishes
  * it only after the transition's snapshot is stored (the transactional outbox).
  */
-import { agentAddress, ErrorCode, type FrameKind, TroupeError } from "@troupe/wire";
+import {
+  agentAddress,
+  ErrorCode,
+  type FrameKind,
+  type TraceContext,
+  TroupeError,
+} from "@troupe/wire";
 import type { ActorSystem, EventObject } from "xstate";
 
 // biome-ignore lint/suspicious/noExplicitAny: any actor system, as XState types it
@@ -20,6 +26,8 @@ type AnyEvent = any;
 export interface ReplyToken {
   to: string;
   correlationId: string;
+  /** The request's trace context (set while tracing): the deferred reply joins its trace. */
+  trace?: TraceContext;
 }
 
 /** What the host knows about the message being handled. */
@@ -41,7 +49,14 @@ export interface MessageInfo {
 /** The host side of an agent, as seen by actions. */
 export interface Emitter {
   readonly address: string;
-  emit(to: string, kind: FrameKind, payload: unknown, correlationId?: string): void;
+  /** `trace`: the parent of the frame's send span (else the message being handled). */
+  emit(
+    to: string,
+    kind: FrameKind,
+    payload: unknown,
+    correlationId?: string,
+    trace?: TraceContext,
+  ): void;
   /** An action could not do what it was asked; reported to the agent's logger and metrics. */
   fault(error: TroupeError): void;
 }
@@ -198,6 +213,6 @@ export function replyTo<
       emitter.fault(new TroupeError(ErrorCode.INVALID_STATE, "replyTo(): no reply token"));
       return;
     }
-    emitter.emit(t.to, "reply", resolve(event, args), t.correlationId);
+    emitter.emit(t.to, "reply", resolve(event, args), t.correlationId, t.trace);
   };
 }

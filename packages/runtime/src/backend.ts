@@ -2,7 +2,7 @@
  * The backend interface: what the runtime needs from a transport and a store. The embedded
  * (in-process) backend implements it here; the JetStream backend implements it in @troupe/nats.
  */
-import type { Envelope, Frame } from "@troupe/wire";
+import type { Envelope, Frame, TraceContext } from "@troupe/wire";
 import type { ReplayMessage } from "./replay.js";
 
 /** A message taken from the durable inbox, to be acknowledged once its effects are stored. */
@@ -17,6 +17,13 @@ export interface Delivery {
   readonly frame?: Frame;
   /** The encoded frame, when it travelled as bytes (sealed frames always do). */
   readonly bytes?: Uint8Array;
+  /** The shard it came from, when the backend has shards (for tracing). */
+  readonly shard?: number;
+  /**
+   * The W3C trace context the transport carried beside the frame (NATS headers), when it did:
+   * the sender's context if the envelope has no `trace` of its own.
+   */
+  readonly trace?: TraceContext | undefined;
   /** Done with it: never deliver again. */
   ack(): void;
   /** Deliver again after `delayMs` (default: at once). */
@@ -177,6 +184,8 @@ export interface Backend {
     address: string,
     options: { fromSequence?: number; toSequence?: number },
   ): AsyncIterable<ReplayMessage>;
+  /** The shard `address` belongs to, for backends that have shards (for tracing). */
+  shardOf?(address: string): number | undefined;
   /**
    * Whether this process hosts `address` now (a worker: its shard is pulled here). Absent =
    * everything (embedded). Release activates an agent only where it is hosted.

@@ -4,6 +4,7 @@
  * commits in groups: one snapshot write covers a batch, and only then are the batch's
  * outputs published and its deliveries acknowledged.
  */
+import { SpanStatusCode } from "@opentelemetry/api";
 import {
   deriveMessageId,
   ErrorCode,
@@ -12,6 +13,7 @@ import {
   type FrameKind,
   newMessageId,
   peekEnvelope,
+  type TraceContext,
   TroupeError,
   toErrorInfo,
 } from "@troupe/wire";
@@ -27,8 +29,20 @@ import {
 import type { AgentDefinition } from "./agent.js";
 import { findInlineChildren } from "./agent.js";
 import type { Delivery, QuarantineEntry, SnapshotRecord } from "./backend.js";
-import type { Kernel } from "./kernel.js";
+import type { HandledMessage, Kernel } from "./kernel.js";
 import { isPromise, type StageContext, type StageResult } from "./pipeline.js";
+import {
+  activeContext,
+  contextFrom,
+  type EventAttributes,
+  failSpan,
+  type ProcessSpan,
+  startProcessSpan,
+  startSendSpan,
+  stateString,
+  traceContextOf,
+  tracingEnabled,
+} from "./tracing.js";
 
 export const LifecycleState = {
   BOUND: "BOUND",
@@ -332,6 +346,8 @@ export abstract class Host implements Emitter {
     for (let i = 0; i < batch.length; i++) {
       const d = batch[i]!;
       let outcome: Outcome;
+      const timed = this.kernel.onMessageHandled;
+      const t0 = timed === undefined ? 0 : performance.now();
       try {
         const o = this.#process(d);
         outcome = isPromise<Outcome>(o) ? await o : o;
@@ -341,6 +357,7 @@ export abstract class Host implements Emitter {
         this.outputs = [];
         throw e;
       }
+      if (timed !== undefined) this.#timed(timed, outcome, t0);
       if (outcome === "failed") {
         stoppedAt = i;
         break;
@@ -355,6 +372,15 @@ export abstract class Host implements Emitter {
     }
     if (stoppedAt >= 0) queue.unshift(...batch.slice(stoppedAt));
     await this.#commit(done, changed, queue);
+  }
+
+  #timed(hook: (m: HandledMessage) => void, outcome: Outcome, t0: number): void {
+    try {
+      hook({ address: this.address, outcome, durationMs: performance.now() - t0 });
+    } catch (err) {
+      // a metrics hook must not fail the batch it measures
+      this.kernel.logger.warn({ err }, "onMessageHandled threw");
+    }
   }
 
   /** The actor moved on its own (not by a message): store that and publish what it sent. */
@@ -415,6 +441,105 @@ export abstract class Host implements Emitter {
 
   /** Decode → … → handler for one delivery. Synchronous unless a stage or handler is not. */
   #process(d: Delivery): Outcome | Promise<Outcome> {
+    return tracingEnabled() ? this.#processTraced(d) : this.#run(d);
+  }
+
+  // --- tracing (only while a tracer provider is registered) -------------------------------
+
+  /** The process span of the message being handled. */
+  #span: ProcessSpan | undefined;
+  /**
+   * The context of the last message processed: what the agent sends later on its own (an
+   * invoked promise settling, a delayed transition) follows from the message that led to it.
+   */
+  #lastContext: ReturnType<typeof activeContext> | undefined;
+
+  /** `#run` inside a CONSUMER span parented by the sender's trace context. */
+  #processTraced(d: Delivery): Outcome | Promise<Outcome> {
+    let envelope = d.frame?.envelope;
+    if (envelope === undefined && d.bytes !== undefined) {
+      try {
+        envelope = peekEnvelope(d.bytes, this.kernel.config.limits).envelope;
+      } catch {
+        // undecodable: the decode stage refuses it, the span records that
+      }
+    }
+    this.#span = startProcessSpan(this.kernel, this.address, envelope, d.trace, {
+      sequence: d.sequence,
+      redelivered: d.redelivered,
+      shard: d.shard,
+      state: this.stateValue(),
+    });
+    let o: Outcome | Promise<Outcome>;
+    try {
+      o = this.#run(d);
+    } catch (e) {
+      this.#endSpan(undefined, e);
+      throw e;
+    }
+    if (!isPromise<Outcome>(o)) {
+      this.#endSpan(o, undefined);
+      return o;
+    }
+    return o.then(
+      (v) => {
+        this.#endSpan(v, undefined);
+        return v;
+      },
+      (e: unknown) => {
+        this.#endSpan(undefined, e);
+        throw e;
+      },
+    );
+  }
+
+  #endSpan(outcome: Outcome | undefined, error: unknown): void {
+    const ps = this.#span;
+    if (ps === undefined) return;
+    this.#span = undefined;
+    this.#lastContext = ps.context;
+    const span = ps.span;
+    if (span.isRecording()) {
+      span.setAttribute("troupe.outcome", outcome ?? "error");
+      const after = stateString(this.stateValue());
+      if (after !== undefined) span.setAttribute("troupe.state.after", after);
+      if (error !== undefined) failSpan(span, error);
+      else if (outcome === "rejected" || outcome === "failed") {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: `message ${outcome}` });
+      }
+    }
+    span.end();
+  }
+
+  /** Records a decision about the message being handled (quarantine, refusal) on its span. */
+  protected spanEvent(name: string, attributes: EventAttributes): void {
+    const span = this.#span?.span;
+    if (span?.isRecording()) span.addEvent(name, attributes);
+  }
+
+  /** The trace context of the message being handled, for a reply token kept for later. */
+  currentTrace(): TraceContext | undefined {
+    const span = this.#span?.span;
+    return span === undefined ? undefined : traceContextOf(span);
+  }
+
+  /** Starts and ends the PRODUCER span of a frame this host sends; sets its `trace`. */
+  #traceSend(frame: Frame, parent: TraceContext | undefined): void {
+    const ctx =
+      parent !== undefined
+        ? contextFrom(parent)
+        : (this.#span?.context ?? this.#lastContext ?? activeContext());
+    // ended at once: the frame goes out after the batch's snapshot is stored (the outbox), and
+    // the receiver's process span shows when it arrived
+    startSendSpan(this.kernel, frame, ctx).end();
+  }
+
+  /** The agent's state value (XState `snapshot.value`), for spans; undefined if none. */
+  protected stateValue(): unknown {
+    return undefined;
+  }
+
+  #run(d: Delivery): Outcome | Promise<Outcome> {
     const ctx = new MessageContext(d, this);
     let r: ReturnType<Kernel["pipeline"]["run"]>;
     try {
@@ -468,7 +593,21 @@ export abstract class Host implements Emitter {
     );
     if (ctx.envelope !== undefined) this.errorToSender(ctx.envelope, err);
     const from = ctx.envelope?.from ?? this.#readableSender(ctx.delivery);
-    if (from !== undefined) this.kernel.refusedFrom(from, err);
+    this.spanEvent("troupe.message.rejected", {
+      "troupe.error.code": err.code,
+      "troupe.error.message": err.message,
+    });
+    if (from !== undefined) {
+      const quarantined = this.kernel.refusedFrom(from, err);
+      if (quarantined !== undefined) {
+        this.spanEvent("troupe.quarantine", {
+          "troupe.quarantine.address": from,
+          "troupe.quarantine.reason": quarantined,
+          "troupe.quarantine.by": "auto",
+          "troupe.quarantine.refuse_frames": true,
+        });
+      }
+    }
   }
 
   /**
@@ -568,6 +707,10 @@ export abstract class Host implements Emitter {
       if (isPromise(error)) error = await error;
       if (error === undefined) return "ok";
       lastError = error;
+      this.spanEvent("troupe.handler.failed", {
+        "troupe.attempt": attempt + 1,
+        "troupe.error.message": errorMessage(error),
+      });
       await this.recover();
     }
     const env = ctx.envelope!;
@@ -580,6 +723,11 @@ export abstract class Host implements Emitter {
         cause: lastError,
       }),
     );
+    this.spanEvent("troupe.quarantine", {
+      "troupe.quarantine.address": this.address,
+      "troupe.quarantine.reason": reason,
+      "troupe.quarantine.by": "auto",
+    });
     await this.enterQuarantine(reason, "auto");
     return "failed";
   }
@@ -620,9 +768,15 @@ export abstract class Host implements Emitter {
 
   // --- Emitter (actions) -----------------------------------------------------------------
 
-  emit(to: string, kind: FrameKind, payload: unknown, correlationId?: string): void {
+  emit(
+    to: string,
+    kind: FrameKind,
+    payload: unknown,
+    correlationId?: string,
+    trace?: TraceContext,
+  ): void {
     const input = this.currentInput;
-    const frame = this.makeFrame(to, kind, payload, correlationId, input?.messageId);
+    const frame = this.makeFrame(to, kind, payload, correlationId, input?.messageId, trace);
     if (input !== undefined) this.pendingOutputs.push(frame);
     else {
       this.outputs.push(frame);
@@ -641,6 +795,7 @@ export abstract class Host implements Emitter {
     payload: unknown,
     correlationId: string | undefined,
     inputId: string | undefined,
+    trace?: TraceContext,
   ): Frame {
     this.sent++;
     const messageId =
@@ -660,6 +815,7 @@ export abstract class Host implements Emitter {
       message: { kind: kind === "error" ? "error" : "data", payload },
     };
     if (correlationId !== undefined) frame.envelope.correlationId = correlationId;
+    if (tracingEnabled()) this.#traceSend(frame, trace);
     return frame;
   }
 
@@ -744,7 +900,12 @@ class MessageContext implements StageContext, MessageInfo {
     const env = this.envelope!;
     if (env.kind !== "request" && env.kind !== "event") return undefined;
     const to = env.replyTo ?? (env.from.startsWith("~") ? undefined : env.from);
-    return to === undefined ? undefined : { to, correlationId: env.correlationId ?? env.messageId };
+    if (to === undefined) return undefined;
+    const token: ReplyToken = { to, correlationId: env.correlationId ?? env.messageId };
+    // a deferred reply (replyTo, maybe much later) stays in the request's trace
+    const trace = tracingEnabled() ? this.host.currentTrace() : undefined;
+    if (trace !== undefined) token.trace = trace;
+    return token;
   }
 }
 
@@ -973,6 +1134,10 @@ export class AgentHost extends Host {
         // stopping a failed actor may throw inside XState; it is gone either way
       }
     }
+  }
+
+  protected override stateValue(): unknown {
+    return (this.#actor?.getSnapshot() as { value?: unknown } | undefined)?.value;
   }
 
   /** The live XState snapshot (for status and tests). */

@@ -46,7 +46,7 @@ export type { EmbeddedBackend, EmbeddedBackendOptions } from "./embedded.js";
 export { createEmbeddedBackend } from "./embedded.js";
 export type { TroupeErrorEvent } from "./host.js";
 export { LifecycleState } from "./host.js";
-export type { RuntimeStats } from "./kernel.js";
+export type { HandledMessage, RuntimeStats } from "./kernel.js";
 export type { Logger } from "./logger.js";
 export { silentLogger } from "./logger.js";
 export type { Stage, StageContext, StageInfo, StageResult } from "./pipeline.js";

@@ -1,4 +1,5 @@
 /** The runtime's internals as hosts and stages see them. */
+import type { Attributes } from "@opentelemetry/api";
 import type { DecodeLimits, Frame, TroupeError } from "@troupe/wire";
 import type { Backend } from "./backend.js";
 import type { Clock } from "./clock.js";
@@ -17,6 +18,8 @@ export interface ResolvedConfig {
   senderFailureLimit: number;
   senderFailureWindowMs: number;
   quarantineRefreshMs: number;
+  /** Added to every span the runtime starts (e.g. `troupe.worker.id`). */
+  spanAttributes: Attributes | undefined;
 }
 
 export interface RuntimeStats {
@@ -44,8 +47,24 @@ export interface RuntimeStats {
   faults: number;
 }
 
+/** One delivery handled by a host, for `RuntimeConfig.onMessageHandled` (metrics). */
+export interface HandledMessage {
+  /** The agent (`type/key`) or endpoint (`#hex`) it was for. */
+  address: string;
+  /**
+   * ok: the handler ran; skipped: already covered by the stored snapshot; rejected: refused
+   * by a pipeline stage (parked); failed: the handler failed every retry (the agent is
+   * quarantined).
+   */
+  outcome: "ok" | "skipped" | "rejected" | "failed";
+  /** Pipeline and handler, retries and their backoff included (ms, fractional). */
+  durationMs: number;
+}
+
 export interface Kernel {
   readonly config: ResolvedConfig;
+  /** Told about every delivery a host handled (absent: nothing is timed). */
+  readonly onMessageHandled: ((m: HandledMessage) => void) | undefined;
   readonly clock: Clock;
   readonly logger: Logger;
   readonly backend: Backend;
@@ -57,8 +76,11 @@ export interface Kernel {
   /** The host stopped itself (failure): drop it so the next message activates afresh. */
   forget(host: Host): void;
   waitForPassivation(address: string): Promise<void>;
-  /** A stage refused a frame `from` names: counted against that sender (decode/crypto/replay). */
-  refusedFrom(from: string, err: TroupeError): void;
+  /**
+   * A stage refused a frame `from` names: counted against that sender (decode/crypto/replay).
+   * Returns the reason when this refusal quarantined the sender.
+   */
+  refusedFrom(from: string, err: TroupeError): string | undefined;
 }
 
 export function newStats(): RuntimeStats {

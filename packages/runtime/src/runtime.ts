@@ -3,6 +3,7 @@
  * them. The same API runs against the JetStream backend in a cluster.
  */
 
+import type { Attributes } from "@opentelemetry/api";
 import type { StandardSchemaV1 } from "@standard-schema/spec";
 import {
   agentAddress,
@@ -25,12 +26,28 @@ import { Channel, type Channels } from "./channels-table.js";
 import { type Clock, systemClock } from "./clock.js";
 import { createEmbeddedBackend } from "./embedded.js";
 import { AgentHost, type Host, type HostStatus, LifecycleState } from "./host.js";
-import { type Kernel, newStats, type ResolvedConfig, type RuntimeStats } from "./kernel.js";
+import {
+  type HandledMessage,
+  type Kernel,
+  newStats,
+  type ResolvedConfig,
+  type RuntimeStats,
+} from "./kernel.js";
 import { type Logger, silentLogger } from "./logger.js";
 import { isPromise, Pipeline, type Stage, type StageInfo } from "./pipeline.js";
 import { type ReplayResult, type ReplayStep, replayAgent } from "./replay.js";
 import { SenderQuarantine } from "./senders.js";
 import { builtInStages } from "./stages.js";
+import {
+  activeContext,
+  endSendSpan,
+  startProcessSpan,
+  startSendSpan,
+  tracingEnabled,
+} from "./tracing.js";
+
+/** A client inbox has no inbox sequence or shard. */
+const NO_DETAILS = { sequence: 0, redelivered: false, shard: undefined, state: undefined };
 
 export interface RuntimeConfig {
   /** The agent types this runtime hosts. */
@@ -73,6 +90,17 @@ export interface RuntimeConfig {
    * activation on.
    */
   quarantineElsewhere?: (entry: QuarantineEntry) => Promise<void>;
+  /**
+   * Called after each delivery a host handled, with how long it took: the hook a process
+   * feeds a latency histogram from (the runtime has no metrics library). Called on the hot
+   * path: keep it cheap and do not throw.
+   */
+  onMessageHandled?: (m: HandledMessage) => void;
+  /**
+   * Attributes added to every span this runtime starts (a worker adds `troupe.worker.id`).
+   * Spans go to the tracer provider registered with `@opentelemetry/api`, if any.
+   */
+  spanAttributes?: Attributes;
   logger?: Logger;
   clock?: Clock;
 }
@@ -192,6 +220,9 @@ function resolveConfig(c: RuntimeConfig): ResolvedConfig {
   if (c.quarantineElsewhere !== undefined && typeof c.quarantineElsewhere !== "function") {
     throw new TroupeError(ErrorCode.CONFIG_ERROR, "quarantineElsewhere must be a function");
   }
+  if (c.onMessageHandled !== undefined && typeof c.onMessageHandled !== "function") {
+    throw new TroupeError(ErrorCode.CONFIG_ERROR, "onMessageHandled must be a function");
+  }
   const senderFailureLimit = num("senderFailureLimit", c.senderFailureLimit, 5);
   if (!Number.isInteger(senderFailureLimit)) {
     throw new TroupeError(
@@ -210,6 +241,7 @@ function resolveConfig(c: RuntimeConfig): ResolvedConfig {
     requestTimeoutMs: num("requestTimeoutMs", c.requestTimeoutMs, 30_000, 1),
     shutdownTimeoutMs: num("shutdownTimeoutMs", c.shutdownTimeoutMs, 10_000),
     limits,
+    spanAttributes: c.spanAttributes,
   };
 }
 
@@ -222,6 +254,7 @@ export class RuntimeCore implements Kernel, Runtime {
   readonly backend: Backend;
   readonly pipeline = new Pipeline();
   readonly counters = newStats();
+  readonly onMessageHandled: ((m: HandledMessage) => void) | undefined;
   readonly channels: Channels = new Map();
   readonly definitions = new Map<string, AgentDefinition>();
   readonly hosts = new Map<string, Host>();
@@ -252,6 +285,7 @@ export class RuntimeCore implements Kernel, Runtime {
       this.config.senderFailureWindowMs,
     );
     this.#quarantineElsewhere = config.quarantineElsewhere;
+    this.onMessageHandled = config.onMessageHandled;
     for (const def of config.agents ?? []) {
       if (def?.kind !== "troupe.agent") {
         throw new TroupeError(ErrorCode.CONFIG_ERROR, "agents must be made with defineAgent()");
@@ -332,9 +366,9 @@ export class RuntimeCore implements Kernel, Runtime {
     await this.#passivating.get(address);
   }
 
-  refusedFrom(from: string, err: TroupeError): void {
+  refusedFrom(from: string, err: TroupeError): string | undefined {
     const reason = this.#senders.failed(from, err, this.clock.now());
-    if (reason === undefined) return;
+    if (reason === undefined) return undefined;
     const entry: QuarantineEntry = {
       address: from,
       reason,
@@ -350,6 +384,7 @@ export class RuntimeCore implements Kernel, Runtime {
         this.logger.error({ err, sender: from }, "could not record the sender's quarantine"),
       ),
     );
+    return reason;
   }
 
   /**
@@ -499,6 +534,11 @@ export class RuntimeCore implements Kernel, Runtime {
   }
 
   #onDirect(f: Frame): void {
+    if (tracingEnabled()) {
+      // the reply's arrival, as the last span of a request's trace
+      const { span } = startProcessSpan(this, this.#inbox, f.envelope, undefined, NO_DETAILS);
+      span.end();
+    }
     const id = f.envelope.correlationId;
     const p = id === undefined ? undefined : this.#pending.get(id);
     if (p === undefined) {
@@ -587,6 +627,15 @@ export class RuntimeCore implements Kernel, Runtime {
   }
 
   #append(frame: Frame, fresh = false): Promise<Receipt> {
+    if (tracingEnabled()) {
+      // the caller's active span (if any) is the parent: a client's flow joins its own trace
+      const span = startSendSpan(this, frame, activeContext());
+      return endSendSpan(span, this.#appendUntraced(frame, fresh));
+    }
+    return this.#appendUntraced(frame, fresh);
+  }
+
+  #appendUntraced(frame: Frame, fresh: boolean): Promise<Receipt> {
     return this.backend.append({ frame, fresh }).then(
       (r) => ({
         messageId: frame.envelope.messageId,

@@ -233,7 +233,8 @@ class DevCluster {
     const io = this.#io;
     const signal = this.#stop.signal;
     const echo = this.#verbose ? (line: string) => writeLine(io.stderr, line) : undefined;
-    const env = { ...io.env } as NodeJS.ProcessEnv;
+    // several processes on one machine: each takes a free port for its probes (it logs which)
+    const env = { ...io.env, TROUPE_HTTP_PORT: "0" } as NodeJS.ProcessEnv;
     const started = Date.now();
 
     this.#saveState(); // claims the data dir before anything starts
