@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# troupe-worker: hosts the agents of the shards the coordinator assigns to it. Ships the
+# example agents (examples/*); for your own, build FROM this image and set TROUPE_AGENTS.
+# Build from the repository root: docker build -f deploy/worker.Dockerfile -t troupe/worker .
+# The build stage is the same in the three Dockerfiles (worker, coordinator, cli), so one
+# cached build serves all of them.
+ARG NODE_IMAGE=node:22-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
+ENV CI=true TURBO_TELEMETRY_DISABLED=1 DO_NOT_TRACK=1
+WORKDIR /src
+COPY package.json package-lock.json turbo.json tsconfig.base.json ./
+COPY packages ./packages
+COPY apps ./apps
+COPY examples ./examples
+COPY deploy/image-tree.sh ./deploy/
+# npm ci checks every workspace of the lock file, so bench's manifest must be there too.
+COPY bench/package.json ./bench/
+RUN --mount=type=cache,target=/root/.npm npm ci --no-audit --no-fund
+RUN npx turbo run build --filter=@troupe/worker --filter=@troupe/coordinator-service --filter=@troupe/cli --filter="./examples/*" --output-logs=errors-only
+# What the runtime stages take: the manifests and the compiled dist/ of every workspace.
+RUN sh deploy/image-tree.sh .image
+
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build /src/.image/ ./
+# Production dependencies of this app's workspaces only (workspace siblings are symlinks).
+RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev --no-audit --no-fund --workspace=@troupe/worker --workspace=@troupe/example-counter --workspace=@troupe/example-ping-pong --workspace=@troupe/example-demo
+USER node
+ENV TROUPE_HTTP_PORT=8080
+EXPOSE 8080
+# SIGTERM drains: the worker hands its shards back, then exits.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["node", "apps/worker/dist/main.js"]
+# The example agents; override the arguments (Kubernetes: args) to load others.
+CMD ["--agents", "examples/counter/dist/index.js", "examples/ping-pong/dist/index.js", "examples/demo/dist/index.js"]
