@@ -41,6 +41,7 @@ import {
   startSendSpan,
   stateString,
   traceContextOf,
+  traceLogFields,
   tracingEnabled,
 } from "./tracing.js";
 
@@ -319,7 +320,10 @@ export abstract class Host implements Emitter {
     this.#releasing = false;
     this.#heldStored = 0;
     this.#heldAfter = 0;
-    this.kernel.logger.info({ agent: this.address }, "released: held messages delivered");
+    this.kernel.logger.info(
+      { ...this.logFields(), agent: this.address },
+      "released: held messages delivered",
+    );
   }
 
   #dropHeldQueue(): void {
@@ -511,6 +515,11 @@ export abstract class Host implements Emitter {
     span.end();
   }
 
+  /** Log fields that tie a log line to the trace of the message being handled, if traced. */
+  protected logFields(): { trace_id?: string; span_id?: string } {
+    return traceLogFields(this.#span?.span);
+  }
+
   /** Records a decision about the message being handled (quarantine, refusal) on its span. */
   protected spanEvent(name: string, attributes: EventAttributes): void {
     const span = this.#span?.span;
@@ -574,7 +583,7 @@ export abstract class Host implements Emitter {
           });
     this.kernel.counters.rejected++;
     this.kernel.logger.warn(
-      { agent: this.address, code: err.code, sequence: ctx.delivery.sequence },
+      { ...this.logFields(), agent: this.address, code: err.code, sequence: ctx.delivery.sequence },
       `message rejected: ${err.message}`,
     );
     const parked = {
@@ -715,7 +724,10 @@ export abstract class Host implements Emitter {
     }
     const env = ctx.envelope!;
     const reason = `handler failed ${maxRetries + 1} times on message ${env.messageId}: ${errorMessage(lastError)}`;
-    this.kernel.logger.warn({ agent: this.address, err: lastError }, "quarantining agent");
+    this.kernel.logger.warn(
+      { ...this.logFields(), agent: this.address, err: lastError },
+      "quarantining agent",
+    );
     // (the batch puts the failed message back first in line: release delivers it again)
     this.errorToSender(
       env,
@@ -786,7 +798,10 @@ export abstract class Host implements Emitter {
 
   fault(error: TroupeError): void {
     this.kernel.counters.faults++;
-    this.kernel.logger.warn({ agent: this.address, code: error.code }, error.message);
+    this.kernel.logger.warn(
+      { ...this.logFields(), agent: this.address, code: error.code },
+      error.message,
+    );
   }
 
   protected makeFrame(
@@ -988,7 +1003,10 @@ export class AgentHost extends Host {
   /** A machine that throws while starting is a handler failure like any other: quarantine. */
   async #failedToStart(e: unknown, attempts: number): Promise<void> {
     const reason = `agent failed to start ${attempts} times: ${errorMessage(e)}`;
-    this.kernel.logger.warn({ agent: this.address, err: e }, "quarantining agent");
+    this.kernel.logger.warn(
+      { ...this.logFields(), agent: this.address, err: e },
+      "quarantining agent",
+    );
     const env = this.mailbox[0]?.frame?.envelope;
     if (env !== undefined) {
       this.errorToSender(
@@ -1024,7 +1042,7 @@ export class AgentHost extends Host {
           this.#actorError = err ?? new Error("actor failed");
           if (this.currentInput === undefined && this.#actor === actor) {
             this.kernel.logger.error(
-              { agent: this.address, err },
+              { ...this.logFields(), agent: this.address, err },
               "agent failed outside message handling; restarting it from its last stored state",
             );
             queueMicrotask(() => {

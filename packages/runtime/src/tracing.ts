@@ -47,6 +47,16 @@ function tracer(): Tracer {
 const PRODUCER: SpanOptions = { kind: SpanKind.PRODUCER };
 const CONSUMER: SpanOptions = { kind: SpanKind.CONSUMER };
 
+/**
+ * `trace_id` / `span_id` of a span, for a log line about the message it covers (so a log line
+ * leads to its trace); nothing without a valid span.
+ */
+export function traceLogFields(span: Span | undefined): { trace_id?: string; span_id?: string } {
+  if (span === undefined) return {};
+  const sc = span.spanContext();
+  return isSpanContextValid(sc) ? { trace_id: sc.traceId, span_id: sc.spanId } : {};
+}
+
 /** The span's context as W3C `traceparent` / `tracestate`; undefined for an invalid one. */
 export function traceContextOf(span: Span): TraceContext | undefined {
   const sc = span.spanContext();

@@ -194,6 +194,30 @@ describe("tracing with a registered tracer provider", () => {
     fragileState.failing = false;
     await runtime.shutdown();
   });
+
+  it("log lines about a message carry its trace and span ids", async () => {
+    fragileState.failing = true;
+    const lines: Array<{ fields: Record<string, unknown>; msg: string }> = [];
+    const keep = (fields: object, msg?: string) =>
+      lines.push({ fields: fields as Record<string, unknown>, msg: msg ?? "" });
+    const runtime = await createRuntime({
+      agents: [fragile],
+      maxRetries: 0,
+      retryDelayMs: 1,
+      logger: { debug() {}, info: keep, warn: keep, error: keep },
+    });
+    await runtime.ref("fragile", "g").send({ type: "item", n: 1, poison: true });
+    await runtime.settled();
+    const process = spans().find((s) => s.name === "process fragile")!;
+    const quarantining = lines.find((l) => l.msg === "quarantining agent");
+    expect(quarantining?.fields).toMatchObject({
+      agent: "fragile/g",
+      trace_id: process.spanContext().traceId,
+      span_id: process.spanContext().spanId,
+    });
+    fragileState.failing = false;
+    await runtime.shutdown();
+  });
 });
 
 describe("without a tracer provider", () => {
