@@ -420,6 +420,17 @@ describe.skipIf(!existsSync(JAEGER))(
       jaeger?.kill("SIGKILL");
     });
 
+    /** Every span name of the flow: the client's, the planner worker's and the helpers'. */
+    const JAEGER_FLOW = [
+      "test flow",
+      "send planner",
+      "process planner",
+      "send helper",
+      "process helper",
+      "send client",
+      "process client",
+    ];
+
     it("stores the flow: Jaeger's API returns one trace with spans of both workers", async () => {
       // Jaeger's all-in-one default config: OTLP/HTTP on 4318, query API on 16686
       jaeger = spawn(JAEGER, [], { stdio: "ignore" });
@@ -447,23 +458,16 @@ describe.skipIf(!existsSync(JAEGER))(
           // the processes export on their own schedules: wait for the whole flow
           const names = new Set(body.data?.[0]?.spans.map((s) => s.operationName));
           lastSeen = [...names].join(", ");
-          return names.has("test flow") && names.has("process client") ? body.data![0] : undefined;
+          return JAEGER_FLOW.every((n) => names.has(n)) ? body.data![0] : undefined;
         },
         30_000,
       ).catch((e: unknown) => {
         throw new Error(`${String(e)}; Jaeger had: ${lastSeen}`);
       });
       const names = found.spans.map((s) => s.operationName);
-      expect(names).toEqual(
-        expect.arrayContaining([
-          "test flow",
-          "send planner",
-          "process planner",
-          "send helper",
-          "process helper",
-          "send client",
-          "process client",
-        ]),
+      expect(names).toEqual(expect.arrayContaining(JAEGER_FLOW));
+      expect(new Set(found.spans.map((s) => (s as { traceID?: string }).traceID))).toEqual(
+        new Set([traceId]),
       );
     }, 120_000);
   },

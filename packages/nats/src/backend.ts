@@ -216,9 +216,18 @@ const headerBytes = (name: string, value: string) => name.length + 2 + Buffer.by
  */
 const HOLD_HEADERS_MAX =
   HEADER_PREAMBLE +
-  headerBytes("Nats-Msg-Id", `held:${Number.MAX_SAFE_INTEGER}`) +
   headerBytes("Troupe-Held", "quarantine") +
-  headerBytes("Troupe-Sequence", String(Number.MAX_SAFE_INTEGER));
+  headerBytes("Troupe-Sequence", String(Number.MAX_SAFE_INTEGER)) +
+  Math.max(
+    // one at a time: a message id
+    headerBytes("Nats-Msg-Id", `held:${Number.MAX_SAFE_INTEGER}`),
+    // in an atomic batch (a nuid for its id)
+    headerBytes("Nats-Batch-Id", "x".repeat(22)) +
+      headerBytes("Nats-Batch-Sequence", "1000") +
+      headerBytes("Nats-Batch-Commit", "1"),
+  );
+/** Messages in one atomic batch when holding (the server takes up to 1,000). */
+const HOLD_BATCH = 256;
 /** Room kept for a KV message's headers when checking a snapshot against max_payload. */
 const KV_HEADER_ALLOWANCE = 128;
 const MAX_HEADER_VALUE = 1024;
@@ -683,6 +692,8 @@ export class NatsBackendImpl implements NatsBackend {
   readonly quarantine: QuarantineRegistry;
   readonly parked: ParkingLot;
   readonly #appendTimeoutMs: number;
+  /** The held stream takes atomic batches (see #holdMany). */
+  readonly #heldAtomic: boolean;
   readonly #publishTimeoutMs: number;
   readonly #snapshotKv: KV;
   readonly #quarantineKv: KV;
@@ -735,6 +746,7 @@ export class NatsBackendImpl implements NatsBackend {
     this.logger = options.logger ?? silent;
     this.pullBatch = options.pullBatch ?? 256;
     this.#appendTimeoutMs = options.appendTimeoutMs ?? 30_000;
+    this.#heldAtomic = ns.heldAtomic === true;
     this.#publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
     if (this.#appendTimeoutMs >= ns.duplicateWindowMs) {
       throw new TroupeError(
@@ -1627,6 +1639,7 @@ export class NatsBackendImpl implements NatsBackend {
         }
       },
       hold: (message) => this.#hold(message),
+      ...(this.#heldAtomic ? { holdMany: (messages) => this.#holdMany(messages) } : {}),
       held: (address, options) => this.#held(address, options),
       heldCount: async (address) => {
         const subject = this.names.heldSubject(subjectToken(address));
@@ -1640,6 +1653,18 @@ export class NatsBackendImpl implements NatsBackend {
         }
       },
       heldCounts: () => this.#heldCounts(),
+      clearHeld: async (address) => {
+        // every held message of it is delivered and stored: what is left are stale copies
+        await this.#heldPurges.get(address)?.running;
+        try {
+          await this.jsm.streams.purge(this.names.heldStream, {
+            filter: this.names.heldSubject(subjectToken(address)),
+          });
+        } catch (e) {
+          throw transportError(`cannot clear the held messages of ${address}`, e, { address });
+        }
+        this.#heldCursor.delete(address);
+      },
     };
   }
 
@@ -1667,6 +1692,80 @@ export class NatsBackendImpl implements NatsBackend {
    * with its inbox sequence. The message id is derived from that sequence, so a redelivered
    * message held again (a crash between storing and acknowledging) is stored once.
    */
+  /**
+   * Holds consecutive messages of one agent in atomic batches of up to HOLD_BATCH: each batch
+   * is stored whole or not at all, and the next starts only once it is, so the held stream
+   * keeps inbox order whatever fails. Two round trips a batch instead of one a message. No
+   * message ids (atomic batches take none): a batch stored whose acknowledgement was lost is
+   * stored again after it, and release skips that copy (its sequences are behind it).
+   */
+  async #holdMany(messages: readonly HeldMessage[]): Promise<{ stored: number; error?: unknown }> {
+    let stored = 0;
+    while (stored < messages.length) {
+      const chunk = messages.slice(stored, stored + HOLD_BATCH);
+      const to = chunk[0]!.to;
+      try {
+        if (chunk.length === 1) {
+          await this.#hold(chunk[0]!);
+        } else {
+          const subject = this.names.heldSubject(subjectToken(to));
+          const parts = chunk.map((m) => this.#heldPart(m));
+          const timeout = this.#publishTimeoutMs;
+          const first = parts[0]!;
+          const batch = await this.js.startBatch(subject, first.payload, {
+            headers: first.headers,
+            timeout,
+          });
+          for (const p of parts.slice(1, -1)) batch.add(subject, p.payload, { headers: p.headers });
+          const last = parts[parts.length - 1]!;
+          await batch.commit(subject, last.payload, { headers: last.headers, timeout });
+          this.counters.held += chunk.length;
+        }
+        stored += chunk.length;
+      } catch (e) {
+        const first = chunk[0]!;
+        return {
+          stored,
+          error:
+            e instanceof TroupeError
+              ? e
+              : transportError(
+                  `could not hold messages ${first.sequence}… (${chunk.length}) for ${to}`,
+                  e,
+                  { to, sequence: first.sequence },
+                ),
+        };
+      }
+    }
+    return { stored };
+  }
+
+  /** A held message's payload and headers (without an id). */
+  #heldPart(message: HeldMessage): { payload: Uint8Array; headers: MsgHdrs } {
+    const { to, sequence } = message;
+    let payload: Uint8Array;
+    try {
+      payload = message.bytes ?? encodeFrame(message.frame!, this.limits);
+    } catch (e) {
+      throw new TroupeError(
+        ErrorCode.INVALID_ARGUMENT,
+        `cannot hold message ${sequence} for ${to}: ${messageOf(e)}`,
+        { cause: e, details: { to, sequence } },
+      );
+    }
+    if (payload.length + HOLD_HEADERS_MAX > this.maxPayload) {
+      throw new TroupeError(
+        ErrorCode.LIMIT_EXCEEDED,
+        `message ${sequence} for ${to} is too large to hold next to its headers (max_payload ${this.maxPayload})`,
+        { details: { to, sequence, bytes: payload.length, limit: "max_payload" } },
+      );
+    }
+    const headers = natsHeaders();
+    headers.set(HELD_HEADER, "quarantine");
+    headers.set("Troupe-Sequence", String(sequence));
+    return { payload, headers };
+  }
+
   async #hold(message: HeldMessage): Promise<void> {
     const { to, sequence } = message;
     let payload: Uint8Array;

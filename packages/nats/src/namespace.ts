@@ -32,7 +32,13 @@ import {
   messageOf,
   transportError,
 } from "./errors.js";
-import { checkServer, requireServerFeature, ServerFeature, type ServerLimits } from "./server.js";
+import {
+  checkServer,
+  requireServerFeature,
+  ServerFeature,
+  type ServerLimits,
+  serverHas,
+} from "./server.js";
 
 const NAMESPACE_PATTERN = /^[a-z][a-z0-9-]{0,31}$/;
 
@@ -269,6 +275,11 @@ export interface NamespaceInfo {
   server: ServerLimits;
   /** The inbox stream's dedup window, ms (what the server has). */
   duplicateWindowMs: number;
+  /**
+   * The held stream takes atomic batch publishes (nats-server 2.12+): a quarantined agent's
+   * messages are held many at a time, all or none, in order.
+   */
+  heldAtomic?: boolean;
 }
 
 interface ConfigRecord {
@@ -353,9 +364,10 @@ export function parkedStreamConfig(
  */
 export function heldStreamConfig(
   names: NamespaceNames,
-  o: { replicas: number; maxPayload: number; duplicateWindowMs: number },
+  o: { replicas: number; maxPayload: number; duplicateWindowMs: number; atomic?: boolean },
 ): StreamSpec {
   return {
+    ...(o.atomic ? { allow_atomic: true } : {}),
     name: names.heldStream,
     description: `Troupe messages held for quarantined agents of namespace ${names.namespace}`,
     subjects: [names.heldSubjects],
@@ -793,7 +805,8 @@ export async function ensureNamespace(
     }),
     logger,
   );
-  await Promise.all([
+  const atomic = serverHas(nc.info!, ServerFeature.ATOMIC_BATCH);
+  const [, held] = await Promise.all([
     ensureStream(
       jsm,
       parkedStreamConfig(names, {
@@ -809,6 +822,7 @@ export async function ensureNamespace(
         replicas,
         maxPayload: server.maxPayload,
         duplicateWindowMs: DEFAULT_DUPLICATE_WINDOW_MS,
+        atomic,
       }),
       logger,
     ),
@@ -818,6 +832,19 @@ export async function ensureNamespace(
   ]);
   const shards = Array.from({ length: record.shardCount }, (_, i) => i);
   await eachLimited(shards, 16, (shard) => ensureShardConsumer(jsm, names, shard));
+  let heldAtomic = held.config.allow_atomic === true;
+  if (atomic && !heldAtomic) {
+    // a held stream made before atomic batches were used: turn them on
+    try {
+      await jsm.streams.update(names.heldStream, { ...held.config, allow_atomic: true });
+      heldAtomic = true;
+    } catch (e) {
+      logger?.warn(
+        { stream: names.heldStream, err: e },
+        "cannot allow atomic batches on the held stream; holding one message at a time",
+      );
+    }
+  }
 
   return {
     namespace,
@@ -828,5 +855,6 @@ export async function ensureNamespace(
     created,
     server,
     duplicateWindowMs: Math.round(inbox.config.duplicate_window / 1e6),
+    heldAtomic,
   };
 }

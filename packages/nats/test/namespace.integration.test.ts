@@ -195,6 +195,9 @@ describe("ensureNamespace on a server", () => {
       discard: "new",
       subjects: [names.heldSubjects],
     });
+    // atomic batches (2.12+): a quarantined agent's messages are held many at a time
+    expect(held.config.allow_atomic).toBe(true);
+    expect(first.heldAtomic).toBe(true);
   });
 
   it("refuses a shard count that differs from the namespace's", async () => {

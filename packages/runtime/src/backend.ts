@@ -142,11 +142,23 @@ export interface ParkingLot {
    */
   hold(message: HeldMessage): Promise<void>;
   /**
+   * Holds several consecutive messages of one agent at once (optional: for a transport where
+   * one message at a time costs a round trip each). Stores a prefix of them, in order, and
+   * never a message without all the earlier ones: `stored` says how many, from the first,
+   * are stored (their inbox copies may be acknowledged); `error` why the rest are not.
+   */
+  holdMany?(messages: readonly HeldMessage[]): Promise<{ stored: number; error?: unknown }>;
+  /**
    * The oldest held messages of `address` with an inbox sequence above `after`, in the order
    * they were held, as deliveries: `ack` = delivered and stored, remove it from the lot;
    * `nak` = keep it.
    */
   held(address: string, options: { after: number; limit: number }): Promise<Delivery[]>;
+  /**
+   * Removes whatever is still held for `address` once a release has delivered (and stored)
+   * everything: copies a retried hold left behind (optional).
+   */
+  clearHeld?(address: string): Promise<void>;
   /** How many messages are held for `address`. */
   heldCount(address: string): Promise<number>;
   /** Held messages per agent address (agents with none are left out). */

@@ -28,7 +28,13 @@ import {
 } from "./actions.js";
 import type { AgentDefinition } from "./agent.js";
 import { findInlineChildren } from "./agent.js";
-import type { Delivery, QuarantineEntry, SnapshotRecord } from "./backend.js";
+import type {
+  Delivery,
+  HeldMessage,
+  ParkingLot,
+  QuarantineEntry,
+  SnapshotRecord,
+} from "./backend.js";
 import type { HandledMessage, Kernel } from "./kernel.js";
 import { isPromise, type StageContext, type StageResult } from "./pipeline.js";
 import {
@@ -287,17 +293,50 @@ export abstract class Host implements Emitter {
         d.ack();
         continue;
       }
-      const m: { to: string; sequence: number; frame?: Frame; bytes?: Uint8Array } = {
-        to: this.address,
-        sequence: d.sequence,
-      };
-      if (d.frame !== undefined) m.frame = d.frame;
-      else if (d.bytes !== undefined) m.bytes = d.bytes;
-      await this.kernel.backend.parked.hold(m);
+      const lot = this.kernel.backend.parked;
+      if (lot.holdMany !== undefined) {
+        await this.#holdBatch(lot.holdMany.bind(lot));
+        continue;
+      }
+      await lot.hold(this.#heldMessage(d));
       if (this.mailbox[0] === d) this.mailbox.shift();
       this.#heldStored++;
       this.kernel.counters.held++;
       d.ack();
+    }
+  }
+
+  #heldMessage(d: Delivery): HeldMessage {
+    const m: HeldMessage = { to: this.address, sequence: d.sequence };
+    if (d.frame !== undefined) m.frame = d.frame;
+    else if (d.bytes !== undefined) m.bytes = d.bytes;
+    return m;
+  }
+
+  /**
+   * Holds the head of the mailbox in one call (up to MAX_BATCH messages, stopping before a
+   * redelivery its snapshot covers); acknowledges what was stored. What was not stays at the
+   * head of the mailbox, in order, and the failure goes to the reset like any other.
+   */
+  async #holdBatch(holdMany: NonNullable<ParkingLot["holdMany"]>): Promise<void> {
+    const batch: Delivery[] = [];
+    for (const d of this.mailbox) {
+      if (batch.length >= MAX_BATCH) break;
+      if (this.#activated && d.sequence <= this.lastSequence) break;
+      batch.push(d);
+    }
+    const { stored, error } = await holdMany(batch.map((d) => this.#heldMessage(d)));
+    for (const d of batch.slice(0, stored)) {
+      if (this.mailbox[0] === d) this.mailbox.shift();
+      this.#heldStored++;
+      this.kernel.counters.held++;
+      d.ack();
+    }
+    if (stored < batch.length) {
+      throw (
+        error ??
+        new TroupeError(ErrorCode.STORAGE_ERROR, `could not hold the messages of ${this.address}`)
+      );
     }
   }
 
@@ -316,6 +355,7 @@ export abstract class Host implements Emitter {
 
   /** Every held message is delivered: lift the quarantine for good. */
   async #finishRelease(): Promise<void> {
+    await this.kernel.backend.parked.clearHeld?.(this.address);
     await this.kernel.backend.quarantine.delete(this.address);
     this.#releasing = false;
     this.#heldStored = 0;
