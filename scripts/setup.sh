@@ -122,7 +122,17 @@ install_kubernetes_validate() {
     return 0
   fi
   rm -rf "$venv"
-  "$python" -m venv "$venv"
+  if ! "$python" -m venv "$venv" >/dev/null 2>&1; then
+    # Debian splits venv support out of python3
+    rm -rf "$venv"
+    if command -v apt-get >/dev/null 2>&1; then
+      local sudo=""
+      if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+      $sudo apt-get update -qq >/dev/null || true
+      $sudo apt-get install -y -qq python3-venv >/dev/null
+    fi
+    "$python" -m venv "$venv"
+  fi
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$want"
   echo "setup: installed kubernetes-validate $("$kv" --version) in $venv"
 }
