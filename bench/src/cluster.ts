@@ -29,7 +29,7 @@ export interface ClusterFigures {
   troupePerSec: number[];
 }
 
-async function troupeOnNats(
+export async function troupeOnNats(
   url: string,
   messages: number,
   agents: number,

@@ -13,8 +13,8 @@ import { connect, shardOfAddress, type TroupeClient } from "@troupe/nats";
 import { startNatsServer } from "@troupe/testkit";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const WORKER = join(root, "apps/worker/dist/main.js");
-const COORDINATOR = join(root, "apps/coordinator/dist/main.js");
+export const WORKER = join(root, "apps/worker/dist/main.js");
+export const COORDINATOR = join(root, "apps/coordinator/dist/main.js");
 const AGENT_MODULE = join(root, "bench/fixtures/counter.mjs");
 const NAMESPACE = "bench-recovery";
 const SHARDS = 16;
@@ -32,7 +32,8 @@ export interface RecoveryFigures {
   samples: number[];
 }
 
-function node(script: string, args: string[]): ChildProcess {
+/** A built app as a child process (shared with the latency bench). */
+export function node(script: string, args: string[]): ChildProcess {
   return spawn(process.execPath, [script, ...args], {
     cwd: root,
     stdio: "ignore",
@@ -41,7 +42,7 @@ function node(script: string, args: string[]): ChildProcess {
   });
 }
 
-async function until<T>(what: string, check: () => Promise<T | undefined>, ms: number) {
+export async function until<T>(what: string, check: () => Promise<T | undefined>, ms: number) {
   const deadline = Date.now() + ms;
   for (;;) {
     const v = await check();

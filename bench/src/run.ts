@@ -6,11 +6,14 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { activationBench, memoryBench } from "./activation.js";
 import { clusterBench } from "./cluster.js";
 import { runCryptoBench } from "./crypto.js";
 import { rawXState, troupeEmbedded } from "./embedded.js";
 import { isolationBench } from "./isolation.js";
+import { latencyBench, type OpenLoopResult, percentile } from "./latency.js";
 import { recoveryBench } from "./recovery.js";
+import { tracingBench } from "./tracing.js";
 
 const quick = process.argv.includes("--quick");
 const runs = quick ? 3 : 5;
@@ -22,6 +25,31 @@ function median(xs: number[]): number {
 }
 
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+const ms = (n: number) => Number(n.toFixed(3));
+const mib = (bytes: number) => Number((bytes / 2 ** 20).toFixed(1));
+
+/** p50/p90/p99/max of a list of ms. */
+function spread(xs: readonly number[]) {
+  const s = [...xs].sort((a, b) => a - b);
+  return {
+    n: s.length,
+    p50Ms: ms(percentile(s, 50)),
+    p90Ms: ms(percentile(s, 90)),
+    p99Ms: ms(percentile(s, 99)),
+    maxMs: ms(s[s.length - 1] ?? Number.NaN),
+  };
+}
+
+function openLoopFigures(r: OpenLoopResult) {
+  return {
+    ...spread(r.samples),
+    sent: r.sent,
+    errors: r.errors,
+    achievedPerSec: Math.round(r.ratePerSec),
+    senderLagP99Ms: ms(r.lagP99Ms),
+    senderLagMaxMs: ms(r.lagMaxMs),
+  };
+}
 
 async function main(): Promise<void> {
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, node ${process.version}`;
@@ -65,6 +93,104 @@ async function main(): Promise<void> {
     })),
   );
 
+  let activation: Record<string, unknown> | undefined;
+  try {
+    const agents = quick ? 1_000 : 5_000;
+    const a = await activationBench(agents);
+    const warm = spread(a.warm);
+    const coldEmpty = spread(a.coldEmpty);
+    const coldRestore = spread(a.coldRestore);
+    activation = { agents, warm, coldEmpty, coldRestore };
+    console.log(
+      `Activation (embedded): a request to an agent until its reply, one at a time, ${agents} agents`,
+    );
+    console.table(
+      [
+        ["already active (baseline)", warm],
+        ["never seen, nothing stored", coldEmpty],
+        ["passivated, restored from its snapshot", coldRestore],
+      ].map(([c, f]) => {
+        const x = f as ReturnType<typeof spread>;
+        return {
+          case: c,
+          "p50 ms": x.p50Ms,
+          "p90 ms": x.p90Ms,
+          "p99 ms": x.p99Ms,
+          "max ms": x.maxMs,
+        };
+      }),
+    );
+  } catch (e) {
+    console.log(`Activation: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
+  }
+
+  let memory: Record<string, unknown> | undefined;
+  try {
+    const agents = 10_000;
+    const distinct = 200_000;
+    const idleTimeoutMs = 500;
+    const m = await memoryBench(agents, distinct, idleTimeoutMs);
+    const storedPerAgent = (m.boundedLive.heapEndBytes - m.boundedLive.heapBaseBytes) / distinct;
+    memory = { ...m, storedBytesPerAgent: storedPerAgent };
+    console.log(
+      `Memory (embedded, node --expose-gc, heapUsed after gc): ${fmt(agents)} active idle agents`,
+    );
+    console.table([
+      {
+        case: "bare XState actor (createActor().start())",
+        "bytes/agent": fmt(m.xstate.bytesPerAgent),
+        "vs XState": "1.00",
+      },
+      {
+        case: "Troupe agent, active and idle (host + its stored snapshot)",
+        "bytes/agent": fmt(m.troupe.bytesPerAgent),
+        "vs XState": (m.troupe.bytesPerAgent / m.xstate.bytesPerAgent).toFixed(2),
+      },
+      {
+        case: "… of which the stored snapshot (embedded store, after passivation)",
+        "bytes/agent": fmt(storedPerAgent),
+        "vs XState": "",
+      },
+    ]);
+    const b = m.bounded;
+    const l = m.boundedLive;
+    console.log(
+      `Bounded memory: ${fmt(distinct)} distinct agents, one message each, as fast as they go, passivation after ${idleTimeoutMs} ms idle`,
+    );
+    console.table([
+      {
+        run: "as V8 runs it",
+        seconds: b.seconds.toFixed(1),
+        "peak active": fmt(b.peakActive),
+        "peak heapUsed MiB": mib(b.peakHeapBytes),
+        "peak live MiB": "",
+        "peak RSS MiB": mib(b.peakRssBytes),
+        "end, after gc MiB": mib(b.heapEndBytes),
+      },
+      {
+        run: "full gc forced every 500 ms",
+        seconds: l.seconds.toFixed(1),
+        "peak active": fmt(l.peakActive),
+        "peak heapUsed MiB": mib(l.peakHeapBytes),
+        "peak live MiB": mib(l.peakLiveBytes ?? Number.NaN),
+        "peak RSS MiB": mib(l.peakRssBytes),
+        "end, after gc MiB": mib(l.heapEndBytes),
+      },
+    ]);
+    console.log("  over time (forced-gc run):");
+    console.table(
+      l.series.map((p) => ({
+        s: p.s,
+        touched: fmt(p.touched),
+        active: fmt(p.active),
+        "heapUsed MiB": mib(p.heapBytes),
+        "live MiB": mib(p.liveBytes ?? Number.NaN),
+      })),
+    );
+  } catch (e) {
+    console.log(`Memory: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
+  }
+
   let cluster: Record<string, unknown> | undefined;
   if (process.argv.includes("--no-cluster")) {
     console.log("Cluster: skipped (--no-cluster)\n");
@@ -97,6 +223,45 @@ async function main(): Promise<void> {
       ]);
     } catch (e) {
       console.log(`Cluster: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
+    }
+  }
+
+  let tracing: Record<string, unknown> | undefined;
+  if (process.argv.includes("--no-cluster")) {
+    console.log("Tracing: skipped (--no-cluster)\n");
+  } else {
+    const tracingMessages = quick ? 10_000 : 50_000;
+    try {
+      const t = await tracingBench(tracingMessages, runs);
+      const off = median(t.offPerSec);
+      const on = median(t.onPerSec);
+      tracing = {
+        messages: tracingMessages,
+        offPerSec: off,
+        onPerSec: on,
+        ratio: on / off,
+        spansPerMessage: median(t.spansPerMessage),
+        rounds: t,
+      };
+      console.log(
+        "Tracing: the cluster scenario with an OpenTelemetry SDK (batch processor, counting exporter) vs none, rounds alternated",
+      );
+      console.table([
+        {
+          case: "tracing off (no SDK registered)",
+          "msgs/s": fmt(off),
+          "vs off": "1.00",
+          "spans/msg": 0,
+        },
+        {
+          case: "tracing on (NodeTracerProvider + BatchSpanProcessor)",
+          "msgs/s": fmt(on),
+          "vs off": (on / off).toFixed(2),
+          "spans/msg": median(t.spansPerMessage).toFixed(2),
+        },
+      ]);
+    } catch (e) {
+      console.log(`Tracing: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
     }
   }
 
@@ -166,6 +331,43 @@ async function main(): Promise<void> {
     }
   }
 
+  let latency: Record<string, unknown> | undefined;
+  if (process.argv.includes("--no-cluster")) {
+    console.log("Latency: skipped (--no-cluster)\n");
+  } else {
+    try {
+      const rate = 1_000;
+      const seconds = quick ? 5 : 20;
+      const l = await latencyBench(rate, seconds);
+      const raw = openLoopFigures(l.raw);
+      const troupe = openLoopFigures(l.troupe);
+      latency = { rate, seconds, relay: l.relay, echo: l.echo, raw, troupe };
+      console.log(
+        `Latency: client → ${l.relay} → ${l.echo} → back, coordinator + 2 workers as processes, open loop at ${fmt(rate)} requests/s for ${seconds} s`,
+      );
+      console.table(
+        [
+          ["raw nats.js request → responder → reply", raw],
+          ["Troupe: client → agent → agent on the other worker → reply", troupe],
+        ].map(([c, f]) => {
+          const x = f as ReturnType<typeof openLoopFigures>;
+          return {
+            case: c,
+            answered: x.n,
+            errors: x.errors,
+            "p50 ms": x.p50Ms,
+            "p90 ms": x.p90Ms,
+            "p99 ms": x.p99Ms,
+            "max ms": x.maxMs,
+            "sender lag p99 ms": x.senderLagP99Ms,
+          };
+        }),
+      );
+    } catch (e) {
+      console.log(`Latency: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
+    }
+  }
+
   const crypto = await runCryptoBench();
   console.log("Wire: frames at 256 B payloads");
   console.table(
@@ -176,7 +378,7 @@ async function main(): Promise<void> {
   mkdirSync(out, { recursive: true });
   writeFileSync(
     join(out, "latest.json"),
-    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, cluster, recovery, isolation, wire: crypto }, null, 2)}\n`,
+    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, activation, memory, cluster, tracing, recovery, isolation, latency, wire: crypto }, null, 2)}\n`,
   );
   console.log(`\nwritten: bench/results/latest.json`);
 }

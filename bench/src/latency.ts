@@ -1,0 +1,188 @@
+/**
+ * Agent → agent request/reply latency across two worker processes: real coordinator and
+ * workers (the built apps) on one nats-server; a client asks `relay/<k>` (owned by worker 1)
+ * with `ping`, the relay asks `echo/<k'>` (owned by worker 2) and answers the client once the
+ * echo's reply is back (bench/fixtures/relay.mjs). Requests go out at a fixed rate whatever
+ * the replies do (open loop: a slow reply does not delay the next request), and the client
+ * records each round trip. The baseline is a plain nats.js request → responder → reply on
+ * the same server at the same rate.
+ */
+import type { ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { connect as natsConnect } from "@nats-io/transport-node";
+import { connect, shardOfAddress, type TroupeClient } from "@troupe/nats";
+import { startNatsServer } from "@troupe/testkit";
+import { COORDINATOR, node, until, WORKER } from "./recovery.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const AGENT_MODULE = join(root, "bench/fixtures/relay.mjs");
+const NAMESPACE = "bench-latency";
+const SHARDS = 16;
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export interface OpenLoopResult {
+  /** Round trips of the requests answered, ms, in send order. */
+  samples: number[];
+  sent: number;
+  errors: number;
+  /** How late the sender was against its schedule, ms: p99 and max over all sends. */
+  lagP99Ms: number;
+  lagMaxMs: number;
+  /** Sends per second actually achieved over the run. */
+  ratePerSec: number;
+}
+
+export interface LatencyFigures {
+  rate: number;
+  seconds: number;
+  relay: string;
+  echo: string;
+  raw: OpenLoopResult;
+  troupe: OpenLoopResult;
+}
+
+export function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const i = Math.ceil((p / 100) * sorted.length) - 1;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, i))]!;
+}
+
+/**
+ * Calls `fire(i)` at `rate` per second for `seconds`, on schedule: each tick sends every
+ * request that is due by now, without waiting for earlier ones to be answered.
+ */
+export async function openLoop(
+  rate: number,
+  seconds: number,
+  fire: (i: number) => Promise<unknown>,
+): Promise<OpenLoopResult> {
+  const total = Math.round(rate * seconds);
+  const interval = 1000 / rate;
+  const samples: number[] = [];
+  const lags: number[] = [];
+  const pending: Promise<void>[] = [];
+  let errors = 0;
+  const t0 = performance.now();
+  let i = 0;
+  while (i < total) {
+    const now = performance.now();
+    const due = Math.min(total, Math.floor((now - t0) / interval) + 1);
+    for (; i < due; i++) {
+      const start = performance.now();
+      lags.push(start - (t0 + i * interval));
+      pending.push(
+        fire(i).then(
+          () => {
+            samples.push(performance.now() - start);
+          },
+          () => {
+            errors++;
+          },
+        ),
+      );
+    }
+    await sleep(Math.max(0, t0 + i * interval - performance.now()));
+  }
+  const elapsed = performance.now() - t0;
+  await Promise.all(pending);
+  lags.sort((a, b) => a - b);
+  return {
+    samples,
+    sent: total,
+    errors,
+    lagP99Ms: percentile(lags, 99),
+    lagMaxMs: lags[lags.length - 1] ?? 0,
+    ratePerSec: total / (elapsed / 1000),
+  };
+}
+
+export async function latencyBench(rate: number, seconds: number): Promise<LatencyFigures> {
+  if (![WORKER, COORDINATOR].every(existsSync)) {
+    throw new Error("the apps are not built (npm run bench builds them)");
+  }
+  const server = await startNatsServer();
+  const children: ChildProcess[] = [];
+  let client: TroupeClient | undefined;
+  const nc = await natsConnect({ servers: server.url, name: "bench-latency-ctl" });
+  try {
+    const common = ["--nats", server.url, "--namespace", NAMESPACE];
+    children.push(node(COORDINATOR, [...common, "--shards", String(SHARDS)]));
+    for (const id of ["w1", "w2"]) {
+      children.push(node(WORKER, [...common, "--agents", AGENT_MODULE, "--id", id]));
+    }
+    type Status = { workers: Array<{ id: string; shards: number[] }>; unassigned: number[] };
+    const balanced = async (): Promise<Status | undefined> => {
+      try {
+        const m = await nc.request(`troupe.${NAMESPACE}.ctl.status`, "", { timeout: 1000 });
+        const s = m.json<Status | { error: unknown }>();
+        if ("error" in s || s.unassigned.length > 0) return undefined;
+        const ok = ["w1", "w2"].every(
+          (id) => (s.workers.find((w) => w.id === id)?.shards.length ?? 0) === SHARDS / 2,
+        );
+        return ok ? s : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    const s = await until("two balanced workers", balanced, 90_000);
+    const owned = (id: string) => new Set(s.workers.find((w) => w.id === id)!.shards);
+    const pick = (type: string, shards: Set<number>) => {
+      for (let k = 0; ; k++) {
+        if (shards.has(shardOfAddress(`${type}/k${k}`, SHARDS))) return `k${k}`;
+      }
+    };
+    const relayKey = pick("relay", owned("w1"));
+    const echoKey = pick("echo", owned("w2"));
+
+    client = await connect({ servers: server.url, namespace: NAMESPACE });
+    const relay = client.ref("relay", relayKey);
+    let seq = 0;
+    const ping = async () => {
+      const id = `${seq++}`;
+      const r = await relay.request<{ id: string }>(
+        { type: "ping", id, partner: echoKey },
+        { timeoutMs: 10_000 },
+      );
+      if (r.id !== id) throw new Error(`reply for ${r.id}, expected ${id}`);
+    };
+    // activation and JIT warm-up, not measured
+    await ping();
+    await openLoop(rate, 1, ping);
+
+    // the baseline: a plain responder and requester on the same server
+    const responder = await natsConnect({ servers: server.url, name: "bench-rtt-responder" });
+    responder.subscribe("bench.rtt", {
+      callback: (_e, m) => {
+        m.respond(m.data);
+      },
+    });
+    await responder.flush();
+    const payload = new Uint8Array(64);
+    const rtt = () => nc.request("bench.rtt", payload, { timeout: 10_000 });
+    await openLoop(rate, 1, rtt);
+    const raw = await openLoop(rate, seconds, rtt);
+    await responder.drain();
+
+    const troupe = await openLoop(rate, seconds, ping);
+    return {
+      rate,
+      seconds,
+      relay: `relay/${relayKey} on w1`,
+      echo: `echo/${echoKey} on w2`,
+      raw,
+      troupe,
+    };
+  } finally {
+    await client?.close().catch(() => {});
+    for (const ch of children)
+      if (ch.exitCode === null && ch.signalCode === null) ch.kill("SIGTERM");
+    await sleep(500);
+    for (const ch of children)
+      if (ch.exitCode === null && ch.signalCode === null) ch.kill("SIGKILL");
+    await nc.close().catch(() => {});
+    await server.cleanup();
+  }
+}
