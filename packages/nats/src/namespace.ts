@@ -585,6 +585,27 @@ function parseConfig(bytes: Uint8Array): ConfigRecord | undefined {
   }
 }
 
+/**
+ * Runs `step` again while it fails transiently, for up to CONFIG_SETTLE_MS: a stream just
+ * created on a JetStream cluster answers "no responders" until its leader is elected.
+ */
+async function settling<T>(step: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + CONFIG_SETTLE_MS;
+  let pause = 50;
+  for (;;) {
+    try {
+      return await step();
+    } catch (e) {
+      if (!isTransient(e) || Date.now() >= deadline) throw e;
+      await new Promise((r) => setTimeout(r, pause));
+      pause = Math.min(pause * 2, 1_000);
+    }
+  }
+}
+
+/** How long a namespace's config may answer "no responders" while its bucket settles, ms. */
+const CONFIG_SETTLE_MS = 15_000;
+
 /** Creates the config record once (CAS create), or reads the one that is there. */
 async function ensureConfig(
   cluster: KV,
@@ -597,10 +618,12 @@ async function ensureConfig(
     shardCount: shardCount ?? DEFAULT_SHARD_COUNT,
     createdAt: Date.now(),
   };
-  for (let attempt = 0; attempt < 5; attempt++) {
+  // (a bucket just created on a JetStream cluster answers "no responders" for a while:
+  // `settling` waits that out, so every caller gets a namespace, not that race)
+  for (let changes = 0; changes < 5; ) {
     if (mayCreate) {
       try {
-        await cluster.create(CONFIG_KEY, JSON.stringify(fresh));
+        await settling(() => cluster.create(CONFIG_KEY, JSON.stringify(fresh)));
         return { record: fresh, created: true };
       } catch (e) {
         if (!isWrongLastSequence(e)) {
@@ -608,12 +631,13 @@ async function ensureConfig(
         }
       }
     }
-    const entry = await cluster.get(CONFIG_KEY).catch((e: unknown) => {
+    const entry = await settling(() => cluster.get(CONFIG_KEY)).catch((e: unknown) => {
       throw transportError(`cannot read the config of namespace "${namespace}"`, e);
     });
     if (entry === null || entry.operation !== "PUT") {
       if (!mayCreate) throw namespaceMissing(namespace);
       // deleted between our create and this read: create again
+      changes++;
       continue;
     }
     const record = parseConfig(entry.value);
@@ -831,7 +855,7 @@ export async function ensureNamespace(
     ensureBucket(kvm, names.membersBucket, replicas, `Troupe workers of ${namespace}`),
   ]);
   const shards = Array.from({ length: record.shardCount }, (_, i) => i);
-  await eachLimited(shards, 16, (shard) => ensureShardConsumer(jsm, names, shard));
+  await eachLimited(shards, 16, (shard) => settling(() => ensureShardConsumer(jsm, names, shard)));
   let heldAtomic = held.config.allow_atomic === true;
   if (atomic && !heldAtomic) {
     // a held stream made before atomic batches were used: turn them on
