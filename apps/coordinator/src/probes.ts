@@ -4,7 +4,7 @@
  * when scraped (docs/operations.md lists the metrics).
  */
 import { type ClusterStatus, listQuarantined, type QuarantinedReply } from "@troupe/coordinator";
-import { type Readiness, type RenderedMetrics, startProbeServer } from "@troupe/probes";
+import { parseHttpPort, type Readiness, type RenderedMetrics, serveProbes } from "@troupe/probes";
 import type { Logger } from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
 import { InvalidArgumentError } from "commander";
@@ -54,14 +54,13 @@ export function coordinatorReadiness(state: CoordinatorProbeState): Readiness {
   return { ready: true, details };
 }
 
-/** `--http-port`: a port number (0: any free port) or `off`. */
+/** `--http-port` for commander: a port number (0: any free port) or `off`. */
 export function httpPort(value: string): number | "off" {
-  if (value.trim().toLowerCase() === "off") return "off";
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isSafeInteger(n) || n < 0 || n > 65_535) {
-    throw new InvalidArgumentError("must be a port number (0-65535; 0: any free port) or off");
+  try {
+    return parseHttpPort(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
   }
-  return n;
 }
 
 /** What the leader reads once per scrape; a standby reads nothing. */
@@ -229,19 +228,11 @@ export async function startCoordinatorProbes(options: {
 }): Promise<CoordinatorProbes> {
   const metrics = createCoordinatorMetrics(options.state, options.logger);
   metrics.label({ namespace: options.namespace });
-  if (options.port === undefined) {
-    options.logger.info({}, "HTTP probes and metrics are off");
-    return { metrics, port: undefined, close: async () => {} };
-  }
-  const server = await startProbeServer({
+  const server = await serveProbes({
     port: options.port,
     readiness: () => coordinatorReadiness(options.state),
     metrics: () => metrics.render(),
     logger: options.logger,
   });
-  options.logger.info(
-    { httpPort: server.port },
-    `serving /healthz, /readyz and /metrics on port ${server.port}`,
-  );
   return { metrics, port: server.port, close: () => server.close() };
 }

@@ -3,7 +3,7 @@
  * connection, Prometheus metrics read from the libraries' counters when scraped
  * (docs/operations.md lists them).
  */
-import { type Readiness, type RenderedMetrics, startProbeServer } from "@troupe/probes";
+import { parseHttpPort, type Readiness, type RenderedMetrics, serveProbes } from "@troupe/probes";
 import type { HandledMessage, Logger } from "@troupe/runtime";
 import { InvalidArgumentError } from "commander";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
@@ -231,14 +231,13 @@ export function createWorkerMetrics(state: WorkerProbeState): WorkerMetrics {
   };
 }
 
-/** `--http-port`: a port number (0: any free port) or `off`. */
+/** `--http-port` for commander: a port number (0: any free port) or `off`. */
 export function httpPort(value: string): number | "off" {
-  if (value.trim().toLowerCase() === "off") return "off";
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isSafeInteger(n) || n < 0 || n > 65_535) {
-    throw new InvalidArgumentError("must be a port number (0-65535; 0: any free port) or off");
+  try {
+    return parseHttpPort(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
   }
-  return n;
 }
 
 export interface WorkerProbes {
@@ -260,19 +259,11 @@ export async function startWorkerProbes(options: {
 }): Promise<WorkerProbes> {
   const metrics = createWorkerMetrics(options.state);
   metrics.label({ namespace: options.namespace });
-  if (options.port === undefined) {
-    options.logger.info({}, "HTTP probes and metrics are off");
-    return { metrics, port: undefined, close: async () => {} };
-  }
-  const server = await startProbeServer({
+  const server = await serveProbes({
     port: options.port,
     readiness: () => workerReadiness(options.state),
     metrics: () => metrics.render(),
     logger: options.logger,
   });
-  options.logger.info(
-    { httpPort: server.port },
-    `serving /healthz, /readyz and /metrics on port ${server.port}`,
-  );
   return { metrics, port: server.port, close: () => server.close() };
 }

@@ -49,6 +49,38 @@ export interface ProbeServer {
 
 const JSON_TYPE = "application/json; charset=utf-8";
 
+/**
+ * `--http-port` as the processes take it: a port number (0: any free port) or `off`.
+ * Throws a RangeError saying what is wanted (the CLI layer turns it into a usage error).
+ */
+export function parseHttpPort(value: string): number | "off" {
+  if (value.trim().toLowerCase() === "off") return "off";
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isSafeInteger(n) || n < 0 || n > 65_535) {
+    throw new RangeError("must be a port number (0-65535; 0: any free port) or off");
+  }
+  return n;
+}
+
+/**
+ * The probe server a process runs, or none when `port` is undefined (off); logs which.
+ * `port` is undefined when off.
+ */
+export async function serveProbes(
+  options: Omit<ProbeServerOptions, "port"> & { port: number | undefined },
+): Promise<{ port: number | undefined; close(): Promise<void> }> {
+  if (options.port === undefined) {
+    options.logger.info({}, "HTTP probes and metrics are off");
+    return { port: undefined, close: async () => {} };
+  }
+  const server = await startProbeServer({ ...options, port: options.port });
+  options.logger.info(
+    { httpPort: server.port },
+    `serving /healthz, /readyz and /metrics on port ${server.port}`,
+  );
+  return server;
+}
+
 /** Starts the probe server; rejects with CONFIG_ERROR when the port cannot be bound. */
 export async function startProbeServer(options: ProbeServerOptions): Promise<ProbeServer> {
   const { logger } = options;
