@@ -254,9 +254,12 @@ export abstract class Host implements Emitter {
     this.#activated = false;
     this.#dirty = false;
     this.outputs = [];
+    // held messages read back for a release stay in the lot (unacknowledged): read again
+    this.#dropHeldQueue();
     const backoff = this.kernel.sleep(delay).then(() => {
       this.#backoff = undefined;
-      if (!this.closed && this.mailbox.length > 0) this.kick();
+      // a release under way goes on even when nothing new waits in the mailbox
+      if (!this.closed && (this.mailbox.length > 0 || this.#releasing)) this.kick();
     });
     this.#backoff = backoff;
   }
@@ -1209,7 +1212,10 @@ export class AgentHost extends Host {
 }
 
 /** The event the XState actor sees for an inbound frame. */
-function toActorEvent(event: unknown, info: MessageInfo): { type: string } {
+export function toActorEvent(
+  event: unknown,
+  info: Pick<MessageInfo, "kind" | "from" | "correlationId">,
+): { type: string } {
   if (info.kind === "error") {
     const e: TroupeErrorEvent = {
       type: "troupe.error",

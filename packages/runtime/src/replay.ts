@@ -7,7 +7,6 @@
 import type { StandardSchemaV1 } from "@standard-schema/spec";
 import {
   ErrorCode,
-  type ErrorInfo,
   type Frame,
   type FrameKind,
   parseAgentAddress,
@@ -16,7 +15,7 @@ import {
 import { type AnyActor, type AnyStateMachine, createActor, fromPromise } from "xstate";
 import { type Emitter, enterScope, exitScope, registerSystem } from "./actions.js";
 import { type AgentDefinition, findInlineChildren } from "./agent.js";
-import type { TroupeErrorEvent } from "./host.js";
+import { toActorEvent } from "./host.js";
 
 /** One message of the history, as stored in the inbox. */
 export interface ReplayMessage {
@@ -128,7 +127,8 @@ export async function replayAgent(
       );
     }
     lastSequence = sequence;
-    const event = toEvent(frame);
+    // the event the machine gets, as the host makes it (an error frame: `troupe.error`)
+    const event = toActorEvent(frame.message.payload, env);
     const step: ReplayStep = {
       sequence,
       messageId: env.messageId,
@@ -140,7 +140,15 @@ export async function replayAgent(
       context: undefined,
       outputs: [],
     };
-    const verdict = await validate(definition, event);
+    // the pipeline's order: validate, then authorize (on the validated event)
+    let verdict = await validate(definition, event);
+    if (
+      "event" in verdict &&
+      definition.authorize !== undefined &&
+      !definition.authorize({ from: env.from, to: address, event: verdict.event })
+    ) {
+      verdict = { refused: `${env.from} may not message ${address}` };
+    }
     if ("refused" in verdict) {
       step.outcome = "rejected";
       step.error = verdict.refused;
@@ -258,20 +266,6 @@ function send(
   return (
     thrown ?? (snap.status === "error" ? (snap.error ?? new Error("actor failed")) : undefined)
   );
-}
-
-function toEvent(frame: Frame): { type: string } {
-  const env = frame.envelope;
-  if (env.kind === "error") {
-    const e: TroupeErrorEvent = {
-      type: "troupe.error",
-      error: frame.message.payload as ErrorInfo,
-      from: env.from,
-    };
-    if (env.correlationId !== undefined) e.correlationId = env.correlationId;
-    return e;
-  }
-  return frame.message.payload as { type: string };
 }
 
 /**

@@ -70,8 +70,9 @@ export interface RuntimeConfig {
   limits?: Partial<DecodeLimits>;
   /**
    * Quarantine a sender after this many of its frames were refused as undecodable
-   * (DECODE_ERROR, UNSUPPORTED_VERSION), unopenable (CRYPTO_ERROR) or replayed
-   * (REPLAY_DETECTED) within `senderFailureWindowMs`; 0 = never. Default 5.
+   * (DECODE_ERROR, UNSUPPORTED_VERSION) or unopenable (CRYPTO_ERROR) within
+   * `senderFailureWindowMs` (not replays: those are someone else re-sending its frames);
+   * 0 = never. Default 5.
    */
   senderFailureLimit?: number;
   /** The window of `senderFailureLimit` (ms). Default 60,000. */
@@ -434,7 +435,7 @@ export class RuntimeCore implements Kernel, Runtime {
   #route(d: Delivery): void {
     // hosts are closing for good: leave it unacknowledged for the next consumer
     if (this.#closingHosts && !this.hosts.has(d.to)) return;
-    const rebuilding = this.#rebuilding.get(d.to);
+    const rebuilding = this.#rebuilding.size > 0 ? this.#rebuilding.get(d.to) : undefined;
     if (rebuilding !== undefined) {
       rebuilding.push(d);
       return;
@@ -829,7 +830,8 @@ export class RuntimeCore implements Kernel, Runtime {
       host = created;
       this.hosts.set(address, host);
     }
-    return host.release();
+    // a host made just now has not read its held messages yet: count them as held
+    return Math.max(host.release(), held);
   }
 
   /**
@@ -902,6 +904,14 @@ export class RuntimeCore implements Kernel, Runtime {
         await this.waitForPassivation(address);
         const stored = await backend.snapshots.get(address);
         const toSequence = stored?.record.lastSequence ?? 0;
+        if (stored !== undefined && fromSequence > toSequence) {
+          // nothing to replay from there: storing the initial state would wipe the agent
+          throw new TroupeError(
+            ErrorCode.INVALID_ARGUMENT,
+            `replay of ${address}: its stored state covers inbox sequences up to ${toSequence}, so there is nothing to rebuild from ${fromSequence}; its stored state is unchanged`,
+            { details: { address, fromSequence, toSequence } },
+          );
+        }
         const result = await run(toSequence);
         if (stored === undefined) return { ...result, dryRun: false, stored: false, toSequence };
         if (result.children.length > 0) {

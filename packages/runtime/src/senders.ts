@@ -1,17 +1,20 @@
 /**
- * Sender quarantine: counts the frames each sender gets refused for being undecodable,
- * unopenable or replayed, says when one reaches the limit, and keeps the view of quarantined
+ * Sender quarantine: counts the frames each sender gets refused for being undecodable or
+ * unopenable, says when one reaches the limit, and keeps the view of quarantined
  * senders the pipeline checks for every message (a map lookup, never a registry read).
  */
 import { ErrorCode, type TroupeError } from "@troupe/wire";
 import type { QuarantineEntry } from "./backend.js";
 
-/** Refusals that say the sender sent something broken or forged, not that the receiver failed. */
+/**
+ * Refusals that say the sender sent something broken or forged, not that the receiver failed.
+ * Not REPLAY_DETECTED: a replay is someone else re-sending the sender's genuine frame, and
+ * blaming the sender would let anyone who can publish get it quarantined with its own frames.
+ */
 const COUNTED: ReadonlySet<string> = new Set([
   ErrorCode.DECODE_ERROR,
   ErrorCode.CRYPTO_ERROR,
   ErrorCode.UNSUPPORTED_VERSION,
-  ErrorCode.REPLAY_DETECTED,
 ]);
 
 /** Senders tracked at once, at most: a flood of forged addresses must not grow memory forever. */
