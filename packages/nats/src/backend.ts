@@ -226,6 +226,12 @@ const HOLD_HEADERS_MAX =
       headerBytes("Nats-Batch-Sequence", "1000") +
       headerBytes("Nats-Batch-Commit", "1"),
   );
+/** Removes `item` from `queue` (where it is now: something may have been put in front). */
+function dropFrom<T>(queue: T[], item: T): void {
+  const i = queue.indexOf(item);
+  if (i >= 0) queue.splice(i, 1);
+}
+
 /** Messages in one atomic batch when holding (the server takes up to 1,000). */
 const HOLD_BATCH = 256;
 /** Room kept for a KV message's headers when checking a snapshot against max_payload. */
@@ -1003,7 +1009,8 @@ export class NatsBackendImpl implements NatsBackend {
             p.retryAtOnce = true;
             continue;
           }
-          lane.queue.shift();
+          // (an older append may have been put in front of it meanwhile: remove this one)
+          dropFrom(lane.queue, p);
         } catch (e) {
           if (p.done) continue;
           if (e === RECONNECTED) {
@@ -1012,7 +1019,7 @@ export class NatsBackendImpl implements NatsBackend {
           }
           p.lastError = e;
           if (!isTransient(e)) {
-            lane.queue.shift();
+            dropFrom(lane.queue, p);
             this.#fail(p, e);
           } else if (p.attempts === 2 || p.attempts % 10 === 0) {
             this.logger.warn(
@@ -1860,7 +1867,11 @@ export class NatsBackendImpl implements NatsBackend {
           }
           if (pending === 0 || out.length >= limit) break;
         }
-        if (got === 0) break;
+        if (got === 0) {
+          if (out.length > 0) break;
+          // an empty page would read as "all delivered" and end the release: fail, retry later
+          throw new Error(`the server sent none of the ${pending} held message(s) pending`);
+        }
       }
     } catch (e) {
       throw transportError(`cannot read the held messages of ${address}`, e, { address });
