@@ -110,7 +110,7 @@ export async function recoveryBench(kills: number): Promise<RecoveryFigures> {
     const samples: number[] = [];
     await sleep(3000);
     for (let k = 0; k < kills; k++) {
-      const s = (await balanced())!;
+      const s = await until("balanced workers", balanced, 60_000);
       const id = ["w1", "w2", "w3"][k % 3]!;
       const shards = new Set(s.workers.find((w) => w.id === id)!.shards);
       const affected = Array.from({ length: AGENTS }, (_, a) => a).filter((a) =>

@@ -32,6 +32,8 @@ export interface ReplayControlReply {
   steps: ReplayStep[];
   /** The machine's state value and context at the end. */
   final: { value: unknown; context: unknown };
+  /** Set when the steps did not fit in one NATS message and were left out. */
+  truncated?: boolean;
 }
 
 const DEFAULT_LIMIT = 1_000;
@@ -94,7 +96,7 @@ export function serveReplay(options: {
           let bytes = json(reply);
           if (bytes.length > nc.info!.max_payload) {
             // too many or too large steps for one message: the summary still goes back
-            bytes = json({ ...reply, steps: [], truncated: true });
+            bytes = json({ ...reply, steps: [], truncated: true } satisfies ReplayControlReply);
           }
           msg.respond(bytes);
         } catch (e) {

@@ -90,7 +90,12 @@ export async function replay(address: string, options: ReplayOptions, io: Io): P
         { cause: e },
       );
     }
-    const reply = JSON.parse(text) as Reply | { error: { code: string; message: string } };
+    let reply: Reply | { error: { code: string; message: string } };
+    try {
+      reply = JSON.parse(text) as typeof reply;
+    } catch (e) {
+      throw failure(`worker ${owner.id}'s replay reply is not JSON: ${messageOf(e)}`);
+    }
     if ("error" in reply) {
       if (options.json) writeLine(io.stdout, text);
       throw failure(`replay of ${agent} failed: ${reply.error.code}: ${reply.error.message}`);
