@@ -55,6 +55,7 @@ import { Packr } from "msgpackr";
 import {
   describeNatsError,
   isClosed,
+  isConsumerNotFound,
   isTransient,
   messageOf,
   storageError,
@@ -378,6 +379,8 @@ class ShardPuller {
   deliveredMax = 0;
 
   readonly #previousOwnerDead: boolean;
+  /** The ack floor of a recreate under way (set until the consumer is added back). */
+  #rewindFloor: number | undefined;
   /** The next rewind recreates the consumer (ends every other puller's requests). */
   #recreate = false;
 
@@ -586,14 +589,27 @@ class ShardPuller {
     } else {
       // recreate the consumer from the ack floor (before 2.14 there is no reset); unlike a
       // reset, this drops the pull requests other processes left waiting on it
-      const info = await b.jsm.consumers.info(stream, this.name);
-      const floor = info.ack_floor.stream_seq;
-      await b.jsm.consumers.delete(stream, this.name);
+      // The floor is kept until the consumer is back: should the add fail after the delete,
+      // the next try must not lose it (nor take the floor of a consumer someone else
+      // recreated meanwhile from the start of the stream).
+      let floor: number;
+      try {
+        const info = await b.jsm.consumers.info(stream, this.name);
+        floor = Math.max(info.ack_floor.stream_seq, this.#rewindFloor ?? 0);
+      } catch (e) {
+        if (!isConsumerNotFound(e) || this.#rewindFloor === undefined) throw e;
+        floor = this.#rewindFloor;
+      }
+      this.#rewindFloor = floor;
+      await b.jsm.consumers.delete(stream, this.name).catch((e: unknown) => {
+        if (!isConsumerNotFound(e)) throw e;
+      });
       await b.jsm.consumers.add(stream, {
         ...shardConsumerConfig(b.names, this.shard),
         deliver_policy: DeliverPolicy.StartSequence,
         opt_start_seq: floor + 1,
       });
+      this.#rewindFloor = undefined;
       this.#lastDseq = 0;
       this.#recreate = false;
     }
@@ -1374,7 +1390,7 @@ export class NatsBackendImpl implements NatsBackend {
     const kv = this.#snapshotKv;
     return {
       get: async (address) => {
-        const key = subjectToken(address);
+        const key = this.#route(address).token;
         let entry: Awaited<ReturnType<KV["get"]>>;
         try {
           entry = await kv.get(key);
@@ -1402,10 +1418,9 @@ export class NatsBackendImpl implements NatsBackend {
             `expectedRevision must be an integer >= 0, got ${String(expectedRevision)}`,
           );
         }
-        if (
-          this.#fence !== undefined &&
-          !this.#mayActFor(shardOfAddress(address, this.shardCount))
-        ) {
+        // (routes are cached: no hash and no encoding per snapshot write)
+        const route = this.#route(address);
+        if (this.#fence !== undefined && !this.#mayActFor(route.shard)) {
           this.counters.fenced++;
           // a conflict: the host abandons this activation (the agent is someone else's now)
           throw new TroupeError(
@@ -1414,7 +1429,7 @@ export class NatsBackendImpl implements NatsBackend {
             { details: { address, expectedRevision, conflict: true, fenced: true } },
           );
         }
-        const key = subjectToken(address);
+        const key = route.token;
         let bytes: Uint8Array;
         try {
           bytes = recordCodec.pack(record);

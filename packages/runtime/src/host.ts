@@ -296,16 +296,7 @@ export abstract class Host implements Emitter {
         d.ack();
         continue;
       }
-      const lot = this.kernel.backend.parked;
-      if (lot.holdMany !== undefined) {
-        await this.#holdBatch(lot.holdMany.bind(lot));
-        continue;
-      }
-      await lot.hold(this.#heldMessage(d));
-      if (this.mailbox[0] === d) this.mailbox.shift();
-      this.#heldStored++;
-      this.kernel.counters.held++;
-      d.ack();
+      await this.#holdBatch();
     }
   }
 
@@ -321,14 +312,17 @@ export abstract class Host implements Emitter {
    * redelivery its snapshot covers); acknowledges what was stored. What was not stays at the
    * head of the mailbox, in order, and the failure goes to the reset like any other.
    */
-  async #holdBatch(holdMany: NonNullable<ParkingLot["holdMany"]>): Promise<void> {
+  async #holdBatch(): Promise<void> {
+    const lot = this.kernel.backend.parked;
     const batch: Delivery[] = [];
     for (const d of this.mailbox) {
       if (batch.length >= MAX_BATCH) break;
       if (this.#activated && d.sequence <= this.lastSequence) break;
       batch.push(d);
     }
-    const { stored, error } = await holdMany(batch.map((d) => this.#heldMessage(d)));
+    const messages = batch.map((d) => this.#heldMessage(d));
+    const { stored, error } =
+      lot.holdMany !== undefined ? await lot.holdMany(messages) : await holdEach(lot, messages);
     for (const d of batch.slice(0, stored)) {
       if (this.mailbox[0] === d) this.mailbox.shift();
       this.#heldStored++;
@@ -1226,4 +1220,21 @@ export function toActorEvent(
     return e;
   }
   return event as { type: string };
+}
+
+/** `holdMany` for a parking lot that holds one message at a time: in order, up to a failure. */
+async function holdEach(
+  lot: ParkingLot,
+  messages: readonly HeldMessage[],
+): Promise<{ stored: number; error?: unknown }> {
+  let stored = 0;
+  for (const m of messages) {
+    try {
+      await lot.hold(m);
+    } catch (error) {
+      return { stored, error };
+    }
+    stored++;
+  }
+  return { stored };
 }
