@@ -1172,6 +1172,10 @@ export class NatsBackendImpl implements NatsBackend {
 
   async ownShards(shards: readonly number[], options: OwnShardsOptions = {}): Promise<void> {
     const list = this.#checkShards(shards);
+    // a puller still stopping (a fence or release just now) would be handed back, then
+    // dropped once stopped, leaving the shard owned and unpulled; and until it has stopped
+    // its last deliveries must stay fenced: wait for it first
+    await Promise.all(list.map((s) => this.#stoppingPullers.get(s)?.catch(() => {})));
     for (const s of list) {
       this.#wanted.add(s);
       this.#fenced.delete(s);
@@ -1207,12 +1211,23 @@ export class NatsBackendImpl implements NatsBackend {
       this.#unsettled.delete(d.sequence);
       this.counters.fenced++;
     }
-    await Promise.all(
-      list.map(async (s) => {
+    await this.#stopPullers(list);
+  }
+
+  /** Pullers being stopped, by shard: owning a shard again waits for its old puller first. */
+  readonly #stoppingPullers = new Map<number, Promise<void>>();
+
+  #stopPullers(shards: readonly number[]): Promise<unknown> {
+    return Promise.all(
+      shards.map((s) => {
         const p = this.#pullers.get(s);
-        if (p === undefined) return;
-        await p.stop();
-        if (this.#pullers.get(s) === p) this.#pullers.delete(s);
+        if (p === undefined) return this.#stoppingPullers.get(s);
+        const stopped = p.stop().finally(() => {
+          if (this.#pullers.get(s) === p) this.#pullers.delete(s);
+          if (this.#stoppingPullers.get(s) === stopped) this.#stoppingPullers.delete(s);
+        });
+        this.#stoppingPullers.set(s, stopped);
+        return stopped;
       }),
     );
   }
@@ -1229,14 +1244,7 @@ export class NatsBackendImpl implements NatsBackend {
   async releaseShards(shards: readonly number[]): Promise<void> {
     const list = this.#checkShards(shards);
     for (const s of list) this.#wanted.delete(s);
-    await Promise.all(
-      list.map(async (s) => {
-        const p = this.#pullers.get(s);
-        if (p === undefined) return;
-        await p.stop();
-        if (this.#pullers.get(s) === p) this.#pullers.delete(s);
-      }),
-    );
+    await this.#stopPullers(list);
   }
 
   ownedShards(): number[] {
