@@ -13,21 +13,14 @@ import {
 import { counter } from "@troupe/example-counter";
 import { connectNats, createNatsBackend, ensureNamespace } from "@troupe/nats";
 import { createRuntime, type Runtime } from "@troupe/runtime";
-import { findNatsServer, type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import { type NatsServerHandle, natsServerMissing, startNatsServer } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { troupe } from "./helpers.js";
 
 const NS = "clitest";
 const SHARDS = 8;
 
-const natsMissing = (() => {
-  try {
-    findNatsServer();
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-})();
+const natsMissing = natsServerMissing();
 
 describe.skipIf(natsMissing !== undefined)(`status, send, request ${natsMissing ?? ""}`, () => {
   let server: NatsServerHandle;

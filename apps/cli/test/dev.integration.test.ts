@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { findNatsServer } from "@troupe/testkit";
+import { natsServerMissing } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const root = resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
@@ -23,14 +23,7 @@ const built = [
   join(root, "examples/demo/dist/main.js"),
 ];
 
-const natsMissing = (() => {
-  try {
-    findNatsServer();
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-})();
+const natsMissing = natsServerMissing();
 
 interface Finished {
   code: number | null;

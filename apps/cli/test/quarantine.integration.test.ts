@@ -16,21 +16,14 @@ import {
 import { counter } from "@troupe/example-counter";
 import { connectNats, createNatsBackend, ensureNamespace, type NatsBackend } from "@troupe/nats";
 import { createRuntime, type Runtime } from "@troupe/runtime";
-import { findNatsServer, type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import { type NatsServerHandle, natsServerMissing, startNatsServer } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { troupe } from "./helpers.js";
 
 const NS = "qtest";
 const SHARDS = 4;
 
-const natsMissing = (() => {
-  try {
-    findNatsServer();
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-})();
+const natsMissing = natsServerMissing();
 
 describe.skipIf(natsMissing !== undefined)(
   `quarantine, release, quarantined ${natsMissing ?? ""}`,

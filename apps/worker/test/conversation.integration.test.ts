@@ -5,9 +5,7 @@
  * an external client starts the conversations with requests, and gets typed errors for
  * requests nobody answers, unknown agent types and malformed addresses.
  */
-import { execFile } from "node:child_process";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { jetstream } from "@nats-io/jetstream";
 import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
 import type { ClusterStatus } from "@troupe/coordinator";
@@ -26,12 +24,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   balancedOver,
   buildApps,
-  CLI_MAIN,
   COORDINATOR_MAIN,
   clusterStatus,
   logTail,
   procs,
   repo,
+  runCli,
   spawnNode,
   stopAll,
   stopProc,
@@ -52,22 +50,8 @@ let nc: NatsConnection;
 let client: TroupeClient;
 let placement: ClusterStatus;
 
-/** Runs the built `troupe` CLI against this cluster: exit code and output. */
-async function troupe(
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(
-      process.execPath,
-      [CLI_MAIN, "--nats", server.url, "--namespace", NAMESPACE, ...args],
-      { timeout: 60_000 },
-    );
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const x = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: x.code ?? -1, stdout: x.stdout ?? "", stderr: x.stderr ?? "" };
-  }
-}
+/** Runs the built `troupe` CLI against this cluster. */
+const troupe = (...args: string[]) => runCli(server.url, NAMESPACE, ...args);
 
 /** The worker that owns the agent's shard now. */
 function ownerOf(address: string): string {

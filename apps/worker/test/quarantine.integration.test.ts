@@ -5,21 +5,19 @@
  * still quarantined with its held messages, and `troupe release` delivers them in order
  * before new ones.
  */
-import { execFile } from "node:child_process";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
 import { connect, type TroupeClient } from "@troupe/nats";
-import { findNatsServer, type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import { type NatsServerHandle, natsServerMissing, startNatsServer } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   buildApps,
-  CLI_MAIN,
   COORDINATOR_MAIN,
   clusterStatus,
   logTail,
   procs,
   repo,
+  runCli,
   spawnNode,
   stopAll,
   stopProc,
@@ -32,34 +30,14 @@ const NAMESPACE = "quar";
 const SHARDS = 4;
 const WORKER = "worker-q";
 
-const natsMissing = (() => {
-  try {
-    findNatsServer();
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-})();
+const natsMissing = natsServerMissing();
 
 let server: NatsServerHandle;
 let nc: NatsConnection;
 let client: TroupeClient;
 
-async function troupe(
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(
-      process.execPath,
-      [CLI_MAIN, "--nats", server.url, "--namespace", NAMESPACE, ...args],
-      { timeout: 60_000 },
-    );
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const x = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: x.code ?? -1, stdout: x.stdout ?? "", stderr: x.stderr ?? "" };
-  }
-}
+/** Runs the built `troupe` CLI against this cluster. */
+const troupe = (...args: string[]) => runCli(server.url, NAMESPACE, ...args);
 
 function startWorker() {
   return spawnNode(WORKER, WORKER_MAIN, [

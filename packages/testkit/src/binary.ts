@@ -110,3 +110,16 @@ export function pinnedNatsServerVersion(): string | undefined {
   const match = /^\s*NATS_SERVER_VERSION\s*=\s*"?([^"\s#]+)"?/m.exec(text);
   return match?.[1];
 }
+
+/**
+ * Why tests that need a nats-server binary cannot run here, or undefined when one is found:
+ * for `describe.skipIf(natsServerMissing() !== undefined)`.
+ */
+export function natsServerMissing(): string | undefined {
+  try {
+    findNatsServer();
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}

@@ -3,6 +3,7 @@
 export {
   findNatsServer,
   NATS_SERVER_ENV,
+  natsServerMissing,
   natsServerVersion,
   pinnedNatsServerVersion,
 } from "./binary.js";
