@@ -24,8 +24,14 @@ const machine = setup({
 // an event whose msgpack payload is about 256 bytes
 const PAD = "x".repeat(236);
 
+/** nats.js option: no Error (with its stack) made per request for async traces. */
+export const NO_ASYNC_TRACES = process.env.BENCH_ASYNC_TRACES !== "1";
+
 export interface ClusterFigures {
+  /** raw nats.js, `js.publish` (a request per message) */
   rawPerSec: number[];
+  /** raw nats.js, core publish with a reply inbox (Troupe's technique) */
+  rawCorePerSec: number[];
   troupePerSec: number[];
 }
 
@@ -35,7 +41,7 @@ export async function troupeOnNats(
   agents: number,
   run: number,
 ): Promise<number> {
-  const nc = await connect({ servers: url, name: "bench" });
+  const nc = await connect({ servers: url, name: "bench", noAsyncTraces: NO_ASYNC_TRACES });
   const namespace = `bench-${process.pid}-${run}`;
   const info = await ensureNamespace(nc, { namespace, shardCount: 16 });
   const backend = await createNatsBackend({ nc, namespace, namespaceInfo: info, shards: "all" });
@@ -65,18 +71,25 @@ export async function troupeOnNats(
 export async function clusterBench(messages: number, runs: number): Promise<ClusterFigures> {
   const server = await startNatsServer();
   try {
-    const nc = await connect({ servers: server.url, name: "bench-raw" });
+    const nc = await connect({
+      servers: server.url,
+      name: "bench-raw",
+      noAsyncTraces: NO_ASYNC_TRACES,
+    });
     const rawPerSec: number[] = [];
+    const rawCorePerSec: number[] = [];
     const troupePerSec: number[] = [];
     // warm-up round, not measured
     await rawJetStream(nc, messages / 4);
+    await rawJetStream(nc, messages / 4, "core");
     await troupeOnNats(server.url, messages / 4, 100, -1);
     for (let r = 0; r < runs; r++) {
       rawPerSec.push(await rawJetStream(nc, messages));
+      rawCorePerSec.push(await rawJetStream(nc, messages, "core"));
       troupePerSec.push(await troupeOnNats(server.url, messages, 100, r));
     }
     await nc.drain();
-    return { rawPerSec, troupePerSec };
+    return { rawPerSec, rawCorePerSec, troupePerSec };
   } finally {
     await server.cleanup();
   }

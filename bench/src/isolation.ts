@@ -61,7 +61,7 @@ async function round(runtime: Runtime, messages: number, extra: number): Promise
 
 export async function isolationBench(messages: number, runs: number): Promise<IsolationFigures> {
   const server = await startNatsServer();
-  const nc = await connect({ servers: server.url, name: "bench-isolation" });
+  const nc = await connect({ servers: server.url, name: "bench-isolation", noAsyncTraces: true });
   try {
     const namespace = `bench-iso-${process.pid}`;
     const info = await ensureNamespace(nc, { namespace, shardCount: 4 });

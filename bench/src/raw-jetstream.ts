@@ -10,11 +10,19 @@ import {
   jetstreamManager,
   StorageType,
 } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import { createInbox, headers, type NatsConnection } from "@nats-io/transport-node";
+
+/**
+ * How the publishes are made: `js.publish` (a nats.js request per message, the API its docs
+ * show) or `core` — plain `nc.publish` with a reply subject under one wildcard subscription
+ * that counts the PubAcks, the technique Troupe's backend uses (see packages/nats/src/puback.ts).
+ */
+export type RawPublish = "js" | "core";
 
 export async function rawJetStream(
   nc: NatsConnection,
   messages: number,
+  publish: RawPublish = "js",
   window = 2_000,
 ): Promise<number> {
   const jsm = await jetstreamManager(nc);
@@ -44,14 +52,56 @@ export async function rawJetStream(
       if (++acked === messages) break;
     }
   })();
-  const inflight: Promise<unknown>[] = [];
-  for (let i = 0; i < messages; i++) {
-    inflight.push(js.publish(`${subject}.${i % 100}`, payload, { msgID: `m${i}` }));
-    if (inflight.length >= window) await Promise.all(inflight.splice(0));
+  if (publish === "js") {
+    const inflight: Promise<unknown>[] = [];
+    for (let i = 0; i < messages; i++) {
+      inflight.push(js.publish(`${subject}.${i % 100}`, payload, { msgID: `m${i}` }));
+      if (inflight.length >= window) await Promise.all(inflight.splice(0));
+    }
+    await Promise.all(inflight);
+  } else {
+    await corePublish(nc, subject, payload, messages, window);
   }
-  await Promise.all(inflight);
   await done;
   const secs = (performance.now() - t0) / 1000;
   await jsm.streams.delete(stream);
   return messages / secs;
+}
+
+/** Publishes with `nc.publish` and a reply inbox; waits for every PubAck, `window` at a time. */
+async function corePublish(
+  nc: NatsConnection,
+  subject: string,
+  payload: Uint8Array,
+  messages: number,
+  window: number,
+): Promise<void> {
+  const inbox = createInbox();
+  let acked = 0;
+  let failed: Error | undefined;
+  let wake: (() => void) | undefined;
+  const sub = nc.subscribe(`${inbox}.*`, {
+    callback: (_err, m) => {
+      const r = JSON.parse(new TextDecoder().decode(m.data)) as { error?: { description: string } };
+      if (r.error !== undefined) failed ??= new Error(r.error.description);
+      acked++;
+      wake?.();
+    },
+  });
+  const waitFor = async (n: number) => {
+    while (acked < n && failed === undefined) {
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+      });
+    }
+    if (failed !== undefined) throw failed;
+  };
+  for (let i = 0; i < messages; i++) {
+    const h = headers();
+    h.set("Nats-Msg-Id", `m${i}`);
+    nc.publish(`${subject}.${i % 100}`, payload, { reply: `${inbox}.${i}`, headers: h });
+    if (i + 1 - acked >= window) await waitFor(i + 1);
+  }
+  await waitFor(messages);
+  sub.unsubscribe();
 }

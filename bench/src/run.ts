@@ -199,26 +199,37 @@ async function main(): Promise<void> {
     try {
       const c = await clusterBench(clusterMessages, runs);
       const raw = median(c.rawPerSec);
+      const rawCore = median(c.rawCorePerSec);
       const troupe = median(c.troupePerSec);
       cluster = {
         messages: clusterMessages,
         rawPerSec: raw,
+        rawCorePerSec: rawCore,
         troupePerSec: troupe,
         ratio: troupe / raw,
+        ratioVsCore: troupe / rawCore,
       };
       console.log(
         "Cluster (one local nats-server, file storage): durable messages/s, 256 B payloads, 100 agents",
       );
       console.table([
         {
-          scenario: "raw nats.js JetStream publish → consume → ack",
+          scenario: "raw nats.js: js.publish → consume → ack",
           "msgs/s": fmt(raw),
           "vs raw": "1.00",
+          "vs raw core": (raw / rawCore).toFixed(2),
+        },
+        {
+          scenario: "raw nats.js: core publish + PubAck inbox → consume → ack",
+          "msgs/s": fmt(rawCore),
+          "vs raw": (rawCore / raw).toFixed(2),
+          "vs raw core": "1.00",
         },
         {
           scenario: "Troupe agents on NATS (send → handle → snapshot → ack)",
           "msgs/s": fmt(troupe),
           "vs raw": (troupe / raw).toFixed(2),
+          "vs raw core": (troupe / rawCore).toFixed(2),
         },
       ]);
     } catch (e) {

@@ -73,6 +73,7 @@ import {
   subjectToken,
   tryAddressFromToken,
 } from "./namespace.js";
+import { PubAckWindow, type PublishOptions } from "./puback.js";
 import { ServerFeature, serverHas } from "./server.js";
 
 export interface NatsBackendOptions {
@@ -717,6 +718,7 @@ export class NatsBackendImpl implements NatsBackend {
   /** The held stream takes atomic batches (see #holdMany). */
   readonly #heldAtomic: boolean;
   readonly #publishTimeoutMs: number;
+  #pubacks: PubAckWindow | undefined;
   readonly #snapshotKv: KV;
   readonly #quarantineKv: KV;
   #handlers: BackendHandlers | undefined;
@@ -907,9 +909,9 @@ export class NatsBackendImpl implements NatsBackend {
   /** One publish of `p`; whichever attempt is acknowledged first settles it. */
   #attempt(p: PendingAppend, timeout: number): Promise<PubAck> {
     p.attempts++;
-    const opts: Partial<JetStreamPublishOptions> = { msgID: p.messageId, timeout };
+    const opts: PublishOptions = { msgID: p.messageId };
     if (p.headers !== undefined) opts.headers = p.headers;
-    const sent = this.js.publish(p.subject, p.bytes, opts);
+    const sent = this.#publisher().publish(p.subject, p.bytes, opts, timeout);
     // an earlier attempt may still be answered after a later one started (same id: the
     // later one would say "duplicate"); the first answer counts
     sent.then(
@@ -1376,7 +1378,15 @@ export class NatsBackendImpl implements NatsBackend {
     await Promise.all([...this.#wanted].map((s) => this.#startPuller(s).ready));
   }
 
+  /** The window JetStream publishes go through (a new one after close). */
+  #publisher(): PubAckWindow {
+    if (this.#pubacks === undefined) this.#pubacks = new PubAckWindow(this.nc);
+    return this.#pubacks;
+  }
+
   async close(): Promise<void> {
+    this.#pubacks?.retire();
+    this.#pubacks = undefined;
     const pullers = [...this.#pullers.values()];
     await Promise.all(pullers.map((p) => p.stop()));
     this.#pullers.clear();

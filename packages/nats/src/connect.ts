@@ -30,7 +30,10 @@ export interface ConnectNatsOptions {
   maxBackoffMs?: number;
   /** Stops waiting (TRANSPORT_ERROR). */
   signal?: AbortSignal;
-  /** Further nats.js options (auth, TLS, …); `servers` comes from the first argument. */
+  /**
+   * Further nats.js options (auth, TLS, …); `servers` comes from the first argument.
+   * `noAsyncTraces` defaults to true here (nats.js: false).
+   */
   nats?: Omit<NodeConnectionOptions, "servers">;
 }
 
@@ -79,6 +82,9 @@ export async function connectNats(
         reconnect: true,
         maxReconnectAttempts: -1,
         reconnectTimeWait: options.nats?.reconnectTimeWait ?? 1000,
+        // no Error (and its stack) made per request just in case it fails: under load that
+        // was a third of a worker's CPU (docs/benchmarks.md)
+        noAsyncTraces: options.nats?.noAsyncTraces ?? true,
         waitOnFirstConnect: false,
       });
       logger.info(
