@@ -42,7 +42,24 @@ export interface LatencyFigures {
   echo: string;
   raw: OpenLoopResult;
   troupe: OpenLoopResult;
+  /** The measured troupe round trips split into hops (ms, from the agents' own stamps). */
+  hops: Hops;
 }
+
+export interface Hops {
+  /** client request → relay handles the ping (append, delivery to worker 1) */
+  clientToRelay: number[];
+  /** relay handles ping → echo handles echo (relay's snapshot + publish, delivery to worker 2) */
+  relayToEcho: number[];
+  /** echo handles echo → relay handles its reply (echo's snapshot + publish, delivery back) */
+  echoToRelay: number[];
+  /** the agent → agent request/reply: relay sends to echo until the reply is handled */
+  agentRoundTrip: number[];
+  /** relay handles the reply → the client has the pong (relay's snapshot, direct reply) */
+  relayToClient: number[];
+}
+
+const now = () => performance.timeOrigin + performance.now();
 
 export function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
@@ -140,18 +157,24 @@ export async function latencyBench(rate: number, seconds: number): Promise<Laten
     client = await connect({ servers: server.url, namespace: NAMESPACE });
     const relay = client.ref("relay", relayKey);
     let seq = 0;
+    let hops: Hops | undefined;
     const ping = async () => {
       const id = `${seq++}`;
-      const r = await relay.request<{ id: string }>(
+      const t0 = now();
+      const r = await relay.request<{ id: string; t1: number; t2: number; t3: number }>(
         { type: "ping", id, partner: echoKey },
         { timeoutMs: 10_000 },
       );
+      const t4 = now();
       if (r.id !== id) throw new Error(`reply for ${r.id}, expected ${id}`);
+      if (hops !== undefined) {
+        hops.clientToRelay.push(r.t1 - t0);
+        hops.relayToEcho.push(r.t2 - r.t1);
+        hops.echoToRelay.push(r.t3 - r.t2);
+        hops.agentRoundTrip.push(r.t3 - r.t1);
+        hops.relayToClient.push(t4 - r.t3);
+      }
     };
-    // activation and JIT warm-up, not measured
-    await ping();
-    await openLoop(rate, 1, ping);
-
     // the baseline: a plain responder and requester on the same server
     const responder = await natsConnect({ servers: server.url, name: "bench-rtt-responder" });
     responder.subscribe("bench.rtt", {
@@ -166,6 +189,16 @@ export async function latencyBench(rate: number, seconds: number): Promise<Laten
     const raw = await openLoop(rate, seconds, rtt);
     await responder.drain();
 
+    // activation and JIT warm-up right before the measured run, not measured
+    await ping();
+    await openLoop(rate, 2, ping);
+    hops = {
+      clientToRelay: [],
+      relayToEcho: [],
+      echoToRelay: [],
+      agentRoundTrip: [],
+      relayToClient: [],
+    };
     const troupe = await openLoop(rate, seconds, ping);
     return {
       rate,
@@ -174,6 +207,7 @@ export async function latencyBench(rate: number, seconds: number): Promise<Laten
       echo: `echo/${echoKey} on w2`,
       raw,
       troupe,
+      hops,
     };
   } finally {
     await client?.close().catch(() => {});

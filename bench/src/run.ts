@@ -352,7 +352,14 @@ async function main(): Promise<void> {
       const l = await latencyBench(rate, seconds);
       const raw = openLoopFigures(l.raw);
       const troupe = openLoopFigures(l.troupe);
-      latency = { rate, seconds, relay: l.relay, echo: l.echo, raw, troupe };
+      const hops = {
+        clientToRelay: spread(l.hops.clientToRelay),
+        relayToEcho: spread(l.hops.relayToEcho),
+        echoToRelay: spread(l.hops.echoToRelay),
+        agentRoundTrip: spread(l.hops.agentRoundTrip),
+        relayToClient: spread(l.hops.relayToClient),
+      };
+      latency = { rate, seconds, relay: l.relay, echo: l.echo, raw, troupe, hops };
       console.log(
         `Latency: client → ${l.relay} → ${l.echo} → back, coordinator + 2 workers as processes, open loop at ${fmt(rate)} requests/s for ${seconds} s`,
       );
@@ -373,6 +380,24 @@ async function main(): Promise<void> {
             "sender lag p99 ms": x.senderLagP99Ms,
           };
         }),
+      );
+      console.log("… the same round trips split by the agents' own stamps (ms):");
+      console.table(
+        (
+          [
+            ["client → relay handles ping (worker 1)", hops.clientToRelay],
+            ["relay → echo handles it (worker 2)", hops.relayToEcho],
+            ["echo → relay handles the reply (worker 1)", hops.echoToRelay],
+            ["agent → agent request/reply (relay → echo → relay)", hops.agentRoundTrip],
+            ["relay → client has the pong", hops.relayToClient],
+          ] as const
+        ).map(([hop, x]) => ({
+          hop,
+          "p50 ms": x.p50Ms,
+          "p90 ms": x.p90Ms,
+          "p99 ms": x.p99Ms,
+          "max ms": x.maxMs,
+        })),
       );
     } catch (e) {
       console.log(`Latency: not measured — ${e instanceof Error ? e.message : String(e)}\n`);

@@ -676,6 +676,12 @@ function safely(fn: () => void): void {
   }
 }
 
+/** The subject a KV put of `key` publishes to (nats.js's own rule: domains, edit prefixes). */
+function kvSubject(kv: KV, key: string): string | undefined {
+  const impl = kv as unknown as { subjectForKey?: (k: string, edit: boolean) => string };
+  return typeof impl.subjectForKey === "function" ? impl.subjectForKey(key, true) : undefined;
+}
+
 /** @internal */
 export class NatsBackendImpl implements NatsBackend {
   readonly kind = "nats" as const;
@@ -1466,9 +1472,18 @@ export class NatsBackendImpl implements NatsBackend {
           );
         }
         try {
-          return expectedRevision === 0
-            ? await kv.create(key, bytes)
-            : await kv.update(key, bytes, expectedRevision);
+          if (expectedRevision === 0) return await kv.create(key, bytes);
+          // an update is a publish with the revision as expected last subject sequence:
+          // through the PubAck window, not a request per write as kv.update makes
+          const subject = kvSubject(kv, key);
+          if (subject === undefined) return await kv.update(key, bytes, expectedRevision);
+          const ack = await this.#publisher().publish(
+            subject,
+            bytes,
+            { lastSubjectSequence: expectedRevision },
+            this.#publishTimeoutMs,
+          );
+          return ack.seq;
         } catch (e) {
           const err = storageError(`cannot store the snapshot of ${address}`, e, {
             address,
