@@ -33,12 +33,17 @@ export interface RecoveryFigures {
 }
 
 /** A built app as a child process (shared with the latency bench). */
-export function node(script: string, args: string[]): ChildProcess {
+export function node(
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+): ChildProcess {
   return spawn(process.execPath, [script, ...args], {
     cwd: root,
-    stdio: "ignore",
+    // BENCH_CHILD_LOGS=1: the children's logs (warnings and errors) on this process's stderr
+    stdio: process.env.BENCH_CHILD_LOGS === "1" ? ["ignore", 2, 2] : "ignore",
     // several workers on one machine: each takes a free port for its probes
-    env: { ...process.env, TROUPE_LOG_LEVEL: "warn", TROUPE_HTTP_PORT: "0" },
+    env: { ...process.env, TROUPE_LOG_LEVEL: "warn", TROUPE_HTTP_PORT: "0", ...env },
   });
 }
 

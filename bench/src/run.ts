@@ -12,6 +12,7 @@ import { runCryptoBench } from "./crypto.js";
 import { rawXState, troupeEmbedded } from "./embedded.js";
 import { isolationBench } from "./isolation.js";
 import { latencyBench, type OpenLoopResult, percentile } from "./latency.js";
+import { manyAgentsBench, type WorkerSample } from "./many-agents.js";
 import { recoveryBench } from "./recovery.js";
 import { tracingBench } from "./tracing.js";
 
@@ -342,6 +343,53 @@ async function main(): Promise<void> {
     }
   }
 
+  let manyAgents: Record<string, unknown> | undefined;
+  if (process.argv.includes("--no-cluster")) {
+    console.log("Many agents: skipped (--no-cluster)\n");
+  } else {
+    try {
+      const agents = quick ? 100_000 : 1_000_000;
+      const idleMs = 2_000;
+      const r = await manyAgentsBench(agents, idleMs);
+      const peak = (pick: (w: WorkerSample) => number) =>
+        Math.max(...r.samples.flatMap((x) => x.workers.map(pick)).filter(Number.isFinite));
+      const last = r.samples[r.samples.length - 1];
+      // the series at each tenth of the agents sent (and the end)
+      const series = r.samples.filter(
+        (x, i, all) =>
+          i === all.length - 1 ||
+          Math.floor((10 * x.sent) / agents) !==
+            Math.floor((10 * (all[i - 1]?.sent ?? -1)) / agents),
+      );
+      manyAgents = {
+        agents,
+        idleMs,
+        seconds: r.seconds,
+        peakActivePerWorker: peak((w) => w.active),
+        peakRssBytesPerWorker: peak((w) => w.rssBytes),
+        peakHeapUsedBytesPerWorker: peak((w) => w.heapUsedBytes),
+        end: last,
+        series,
+      };
+      console.log(
+        `Many agents: ${fmt(agents)} distinct agents, one message each, on 2 worker processes (passivation after ${idleMs} ms idle), ${r.seconds.toFixed(0)} s`,
+      );
+      console.table(
+        series.map((x) => ({
+          s: x.at.toFixed(0),
+          sent: fmt(x.sent),
+          processed: fmt(x.workers.reduce((n, w) => n + w.processed, 0)),
+          "active per worker": x.workers.map((w) => fmt(w.active)).join(" / "),
+          "RSS MiB per worker": x.workers.map((w) => mib(w.rssBytes)).join(" / "),
+          "heap used MiB per worker": x.workers.map((w) => mib(w.heapUsedBytes)).join(" / "),
+          "nats-server MiB": mib(x.natsServerMemBytes),
+        })),
+      );
+    } catch (e) {
+      console.log(`Many agents: not measured — ${e instanceof Error ? e.message : String(e)}\n`);
+    }
+  }
+
   let latency: Record<string, unknown> | undefined;
   if (process.argv.includes("--no-cluster")) {
     console.log("Latency: skipped (--no-cluster)\n");
@@ -414,7 +462,7 @@ async function main(): Promise<void> {
   mkdirSync(out, { recursive: true });
   writeFileSync(
     join(out, "latest.json"),
-    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, activation, memory, cluster, tracing, recovery, isolation, latency, wire: crypto }, null, 2)}\n`,
+    `${JSON.stringify({ at: new Date().toISOString(), machine, quick, runs, messages, embedded: rows, activation, memory, cluster, tracing, recovery, isolation, latency, manyAgents, wire: crypto }, null, 2)}\n`,
   );
   console.log(`\nwritten: bench/results/latest.json`);
 }

@@ -269,7 +269,10 @@ export abstract class Host implements Emitter {
 
   /** Another activation owns this agent now (its snapshot moved on): give everything back. */
   #abandon(e: unknown): void {
-    this.kernel.logger.error(
+    // a fenced worker says so once (membership), not once for every agent it had active
+    const fenced = e instanceof TroupeError && e.details?.fenced === true;
+    (fenced ? this.kernel.logger.debug : this.kernel.logger.error).call(
+      this.kernel.logger,
       { err: e, agent: this.address },
       "agent is owned elsewhere now; this activation stops and hands its messages back",
     );
@@ -1004,18 +1007,24 @@ export class AgentHost extends Host {
 
   protected async activate(): Promise<boolean> {
     await this.kernel.waitForPassivation(this.address);
-    const q = await this.kernel.backend.quarantine.get(this.address);
-    const stored = await this.kernel.backend.snapshots.get(this.address);
-    if (stored !== undefined) {
-      this.#revision = stored.revision;
-      this.lastSequence = stored.record.lastSequence;
-      this.sent = stored.record.sent;
-      this.#stored = stored.record.state;
-      if (stored.record.outbox.length > 0) {
-        // a crash came between storing and publishing: publish again (dedup drops repeats)
-        await this.kernel.publish(stored.record.outbox);
-        this.#outboxStored = true;
+    let q: QuarantineEntry | undefined;
+    const release = await this.kernel.activations.acquire();
+    try {
+      q = await this.kernel.backend.quarantine.get(this.address);
+      const stored = await this.kernel.backend.snapshots.get(this.address);
+      if (stored !== undefined) {
+        this.#revision = stored.revision;
+        this.lastSequence = stored.record.lastSequence;
+        this.sent = stored.record.sent;
+        this.#stored = stored.record.state;
+        if (stored.record.outbox.length > 0) {
+          // a crash came between storing and publishing: publish again (dedup drops repeats)
+          await this.kernel.publish(stored.record.outbox);
+          this.#outboxStored = true;
+        }
       }
+    } finally {
+      release();
     }
     const { maxRetries, retryDelayMs } = this.kernel.config;
     for (let attempt = 0; ; attempt++) {

@@ -4,6 +4,7 @@ import type { DecodeLimits, Frame, TroupeError } from "@troupe/wire";
 import type { Backend } from "./backend.js";
 import type { Clock } from "./clock.js";
 import type { Host } from "./host.js";
+import type { Limiter } from "./limiter.js";
 import type { Logger } from "./logger.js";
 import type { Pipeline } from "./pipeline.js";
 
@@ -18,6 +19,7 @@ export interface ResolvedConfig {
   senderFailureLimit: number;
   senderFailureWindowMs: number;
   quarantineRefreshMs: number;
+  maxConcurrentActivations: number;
   /** Added to every span the runtime starts (e.g. `troupe.worker.id`). */
   spanAttributes: Attributes | undefined;
 }
@@ -70,6 +72,8 @@ export interface Kernel {
   readonly backend: Backend;
   readonly pipeline: Pipeline;
   readonly counters: RuntimeStats;
+  /** Slots for activations reading their stored state (`maxConcurrentActivations`). */
+  readonly activations: Limiter;
   /** Publish agents' outputs: durable ones appended in order, direct ones sent. */
   publish(frames: Frame[]): Promise<void>;
   sleep(ms: number): Promise<void>;

@@ -33,6 +33,7 @@ import {
   type ResolvedConfig,
   type RuntimeStats,
 } from "./kernel.js";
+import { Limiter } from "./limiter.js";
 import { type Logger, silentLogger } from "./logger.js";
 import { isPromise, Pipeline, type Stage, type StageInfo } from "./pipeline.js";
 import { type ReplayResult, type ReplayStep, replayAgent } from "./replay.js";
@@ -62,6 +63,12 @@ export interface RuntimeConfig {
   enableHooks?: boolean;
   /** Passivate agents idle this long (ms); 0 = never. Default 60,000. */
   idleTimeoutMs?: number;
+  /**
+   * Agents reading their stored state at once, at most (the rest wait their turn). Bounds
+   * the requests a burst of messages to agents not in memory puts in flight, so heartbeats
+   * and acks are not stuck behind thousands of reads. Default 64.
+   */
+  maxConcurrentActivations?: number;
   /** Default timeout of `ref.request` (ms). Default 30,000. */
   requestTimeoutMs?: number;
   /** How long `shutdown()` waits for in-flight work (ms). Default 10,000. */
@@ -231,8 +238,21 @@ function resolveConfig(c: RuntimeConfig): ResolvedConfig {
       `senderFailureLimit must be an integer >= 0, got ${String(c.senderFailureLimit)}`,
     );
   }
+  const maxConcurrentActivations = num(
+    "maxConcurrentActivations",
+    c.maxConcurrentActivations,
+    64,
+    1,
+  );
+  if (!Number.isInteger(maxConcurrentActivations)) {
+    throw new TroupeError(
+      ErrorCode.CONFIG_ERROR,
+      `maxConcurrentActivations must be an integer >= 1, got ${String(c.maxConcurrentActivations)}`,
+    );
+  }
   return {
     senderFailureLimit,
+    maxConcurrentActivations,
     senderFailureWindowMs: num("senderFailureWindowMs", c.senderFailureWindowMs, 60_000, 1),
     quarantineRefreshMs: num("quarantineRefreshMs", c.quarantineRefreshMs, 5_000, 10),
     maxRetries: Math.floor(num("maxRetries", c.maxRetries, 3)),
@@ -255,6 +275,7 @@ export class RuntimeCore implements Kernel, Runtime {
   readonly backend: Backend;
   readonly pipeline = new Pipeline();
   readonly counters = newStats();
+  readonly activations: Limiter;
   readonly onMessageHandled: ((m: HandledMessage) => void) | undefined;
   readonly channels: Channels = new Map();
   readonly definitions = new Map<string, AgentDefinition>();
@@ -277,6 +298,7 @@ export class RuntimeCore implements Kernel, Runtime {
 
   constructor(config: RuntimeConfig) {
     this.config = resolveConfig(config);
+    this.activations = new Limiter(this.config.maxConcurrentActivations);
     this.clock = config.clock ?? systemClock;
     this.logger = config.logger ?? silentLogger;
     this.backend = config.backend ?? createEmbeddedBackend({ clock: this.clock });

@@ -1,0 +1,169 @@
+/**
+ * Many distinct agents on a cluster: a client sends one message to each of N agents that
+ * were never seen (`visitor/u0` … `visitor/u<N-1>`), hosted by two worker processes (the
+ * built apps) with a coordinator on one nats-server. Each agent activates, handles its
+ * message, stores its snapshot in KV and passivates after an idle timeout. Every second the
+ * bench reads both workers' /metrics: active agents, resident memory, V8 heap in use. What it
+ * shows: whether the workers' memory follows the agents active within the idle timeout, or
+ * the agents ever touched.
+ */
+import type { ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { connect as natsConnect } from "@nats-io/transport-node";
+import { connect, type TroupeClient } from "@troupe/nats";
+import { freePorts, startNatsServer } from "@troupe/testkit";
+import { COORDINATOR, node, until, WORKER } from "./recovery.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const AGENT_MODULE = join(root, "bench/fixtures/passivating.mjs");
+const NAMESPACE = "bench-many";
+const SHARDS = 16;
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export interface WorkerSample {
+  active: number;
+  processed: number;
+  rssBytes: number;
+  heapUsedBytes: number;
+}
+
+export interface ManySample {
+  /** seconds since the first send */
+  at: number;
+  /** messages the client has had stored so far */
+  sent: number;
+  workers: WorkerSample[];
+  natsServerMemBytes: number;
+}
+
+export interface ManyAgentsFigures {
+  agents: number;
+  idleMs: number;
+  seconds: number;
+  samples: ManySample[];
+}
+
+function metric(text: string, name: string): number {
+  const m = text.match(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, "m"));
+  return m === null ? Number.NaN : Number(m[1]);
+}
+
+async function workerSample(port: number): Promise<WorkerSample> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  return {
+    active: metric(text, "troupe_active_agents"),
+    processed: metric(text, "troupe_messages_processed_total"),
+    rssBytes: metric(text, "process_resident_memory_bytes"),
+    heapUsedBytes: metric(text, "nodejs_heap_size_used_bytes"),
+  };
+}
+
+export async function manyAgentsBench(
+  agents: number,
+  idleMs: number,
+  log: (line: string) => void = () => {},
+): Promise<ManyAgentsFigures> {
+  if (![WORKER, COORDINATOR].every(existsSync)) {
+    throw new Error("the apps are not built (npm run bench builds them)");
+  }
+  const server = await startNatsServer();
+  const children: ChildProcess[] = [];
+  let client: TroupeClient | undefined;
+  const nc = await natsConnect({ servers: server.url, name: "bench-many-ctl" });
+  try {
+    const common = ["--nats", server.url, "--namespace", NAMESPACE];
+    children.push(node(COORDINATOR, [...common, "--shards", String(SHARDS)]));
+    const ports = await freePorts(2);
+    for (const [i, port] of ports.entries()) {
+      children.push(
+        node(
+          WORKER,
+          [...common, "--agents", AGENT_MODULE, "--id", `w${i + 1}`, "--http-port", String(port)],
+          { BENCH_IDLE_MS: String(idleMs) },
+        ),
+      );
+    }
+    type Status = { workers: Array<{ id: string; shards: number[] }>; unassigned: number[] };
+    await until(
+      "two balanced workers",
+      async () => {
+        try {
+          const m = await nc.request(`troupe.${NAMESPACE}.ctl.status`, "", { timeout: 1000 });
+          const s = m.json<Status | { error: unknown }>();
+          if ("error" in s || s.unassigned.length > 0) return undefined;
+          const ok = ["w1", "w2"].every(
+            (id) => (s.workers.find((w) => w.id === id)?.shards.length ?? 0) === SHARDS / 2,
+          );
+          return ok ? true : undefined;
+        } catch {
+          return undefined;
+        }
+      },
+      90_000,
+    );
+    client = await connect({ servers: server.url, namespace: NAMESPACE });
+    const samples: ManySample[] = [];
+    let sent = 0;
+    const t0 = performance.now();
+    const sample = async () => {
+      const workers = await Promise.all(ports.map((p) => workerSample(p!)));
+      const varz = (await (await fetch(`${server.monitorUrl}/varz`)).json()) as { mem: number };
+      const s = {
+        at: (performance.now() - t0) / 1000,
+        sent,
+        workers,
+        natsServerMemBytes: varz.mem,
+      };
+      samples.push(s);
+      const done = workers.reduce((n, w) => n + w.processed, 0);
+      log(
+        `${s.at.toFixed(0)} s: sent ${sent}, processed ${done}, active ${workers.map((w) => w.active).join("+")}, rss ${workers.map((w) => Math.round(w.rssBytes / 2 ** 20)).join("+")} MiB, heap ${workers.map((w) => Math.round(w.heapUsedBytes / 2 ** 20)).join("+")} MiB`,
+      );
+      return done;
+    };
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        await sample().catch(() => undefined);
+        await sleep(1000);
+      }
+    })();
+    const window = 2_000;
+    const inflight: Promise<unknown>[] = [];
+    for (let i = 0; i < agents; i++) {
+      inflight.push(client.ref("visitor", `u${i}`).send({ type: "inc" }));
+      if (inflight.length >= window) {
+        await Promise.all(inflight.splice(0));
+        sent = i + 1;
+      }
+    }
+    await Promise.all(inflight);
+    sent = agents;
+    // until every message is processed and the agents touched last have passivated
+    await until(
+      "every message processed and the workers idle",
+      async () => {
+        const w = await Promise.all(ports.map((p) => workerSample(p!)));
+        const done = w.reduce((n, x) => n + x.processed, 0);
+        return done >= agents && w.every((x) => x.active === 0) ? true : undefined;
+      },
+      agents * 2 + 60_000,
+    );
+    sampling = false;
+    await sampler;
+    await sample();
+    return { agents, idleMs, seconds: (performance.now() - t0) / 1000, samples };
+  } finally {
+    await client?.close().catch(() => {});
+    for (const ch of children)
+      if (ch.exitCode === null && ch.signalCode === null) ch.kill("SIGTERM");
+    await sleep(500);
+    for (const ch of children)
+      if (ch.exitCode === null && ch.signalCode === null) ch.kill("SIGKILL");
+    await nc.close().catch(() => {});
+    await server.cleanup();
+  }
+}
