@@ -1,18 +1,20 @@
 /**
  * Many distinct agents on a cluster: a client sends one message to each of N agents that
- * were never seen (`visitor/u0` … `visitor/u<N-1>`), hosted by two worker processes (the
+ * were never seen (`visitor/u0` … `visitor/u<N-1>`), as fast as the workers take them (at most
+ * 10,000 waiting in the inbox), hosted by two worker processes (the
  * built apps) with a coordinator on one nats-server. Each agent activates, handles its
  * message, stores its snapshot in KV and passivates after an idle timeout. Every second the
- * bench reads both workers' /metrics: active agents, resident memory, V8 heap in use. What it
- * shows: whether the workers' memory follows the agents active within the idle timeout, or
- * the agents ever touched.
+ * bench reads both workers' /metrics: active agents, resident memory, V8 heap in use; every
+ * 5 s it also asks a `collector` agent on each worker to run a full gc and say what heap is
+ * left (the live set). What it shows: whether the workers' memory follows the agents active
+ * within the idle timeout, or the agents ever touched.
  */
 import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect as natsConnect } from "@nats-io/transport-node";
-import { connect, type TroupeClient } from "@troupe/nats";
+import { connect, shardOfAddress, type TroupeClient } from "@troupe/nats";
 import { freePorts, startNatsServer } from "@troupe/testkit";
 import { COORDINATOR, node, until, WORKER } from "./recovery.js";
 
@@ -20,11 +22,14 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const AGENT_MODULE = join(root, "bench/fixtures/passivating.mjs");
 const NAMESPACE = "bench-many";
 const SHARDS = 16;
+const BACKLOG = 10_000;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface WorkerSample {
   active: number;
+  /** heap in use right after a full gc (the live set), when this sample forced one */
+  liveBytes?: number;
   processed: number;
   rssBytes: number;
   heapUsedBytes: number;
@@ -35,6 +40,8 @@ export interface ManySample {
   at: number;
   /** messages the client has had stored so far */
   sent: number;
+  /** of those, processed by the visitor agents (the collectors' requests not counted) */
+  processed: number;
   workers: WorkerSample[];
   natsServerMemBytes: number;
 }
@@ -83,11 +90,12 @@ export async function manyAgentsBench(
           WORKER,
           [...common, "--agents", AGENT_MODULE, "--id", `w${i + 1}`, "--http-port", String(port)],
           { BENCH_IDLE_MS: String(idleMs) },
+          ["--expose-gc"],
         ),
       );
     }
     type Status = { workers: Array<{ id: string; shards: number[] }>; unassigned: number[] };
-    await until(
+    const status = await until(
       "two balanced workers",
       async () => {
         try {
@@ -97,7 +105,7 @@ export async function manyAgentsBench(
           const ok = ["w1", "w2"].every(
             (id) => (s.workers.find((w) => w.id === id)?.shards.length ?? 0) === SHARDS / 2,
           );
-          return ok ? true : undefined;
+          return ok ? s : undefined;
         } catch {
           return undefined;
         }
@@ -105,22 +113,51 @@ export async function manyAgentsBench(
       90_000,
     );
     client = await connect({ servers: server.url, namespace: NAMESPACE });
+    // one collector on each worker: the first key whose shard that worker owns
+    const collectors = ["w1", "w2"].map((id) => {
+      const shards = new Set(status.workers.find((w) => w.id === id)!.shards);
+      for (let k = 0; ; k++) {
+        if (shards.has(shardOfAddress(`collector/k${k}`, SHARDS))) {
+          return client!.ref("collector", `k${k}`);
+        }
+      }
+    });
+    // the collectors' own messages, not to be counted with the visitors'
+    let gcRequests = 0;
+    const live = () =>
+      Promise.all(
+        collectors.map((c) => {
+          gcRequests++;
+          return c.request<{ liveBytes: number }>({ type: "gc" }, { timeoutMs: 30_000 }).then(
+            (r) => r.liveBytes,
+            () => Number.NaN,
+          );
+        }),
+      );
     const samples: ManySample[] = [];
     let sent = 0;
     const t0 = performance.now();
-    const sample = async () => {
+    let samplesTaken = 0;
+    const sample = async (withGc = samplesTaken % 5 === 0) => {
+      samplesTaken++;
+      const liveBytes = withGc ? await live() : undefined;
       const workers = await Promise.all(ports.map((p) => workerSample(p!)));
+      if (liveBytes !== undefined) {
+        for (const [i, w] of workers.entries()) w.liveBytes = liveBytes[i];
+      }
       const varz = (await (await fetch(`${server.monitorUrl}/varz`)).json()) as { mem: number };
-      const s = {
+      const done = workers.reduce((n, w) => n + w.processed, 0) - gcRequests;
+      const s: ManySample = {
         at: (performance.now() - t0) / 1000,
         sent,
+        processed: done,
         workers,
         natsServerMemBytes: varz.mem,
       };
       samples.push(s);
-      const done = workers.reduce((n, w) => n + w.processed, 0);
+      const mib = (b: number | undefined) => (b === undefined ? "-" : Math.round(b / 2 ** 20));
       log(
-        `${s.at.toFixed(0)} s: sent ${sent}, processed ${done}, active ${workers.map((w) => w.active).join("+")}, rss ${workers.map((w) => Math.round(w.rssBytes / 2 ** 20)).join("+")} MiB, heap ${workers.map((w) => Math.round(w.heapUsedBytes / 2 ** 20)).join("+")} MiB`,
+        `${s.at.toFixed(0)} s: sent ${sent}, processed ${done}, active ${workers.map((w) => w.active).join("+")}, rss ${workers.map((w) => mib(w.rssBytes)).join("+")} MiB, heap ${workers.map((w) => mib(w.heapUsedBytes)).join("+")} MiB, live ${workers.map((w) => mib(w.liveBytes)).join("+")} MiB`,
       );
       return done;
     };
@@ -133,11 +170,17 @@ export async function manyAgentsBench(
     })();
     const window = 2_000;
     const inflight: Promise<unknown>[] = [];
+    const processedNow = async () =>
+      (await Promise.all(ports.map((p) => workerSample(p!)))).reduce((n, w) => n + w.processed, 0) -
+      gcRequests;
     for (let i = 0; i < agents; i++) {
       inflight.push(client.ref("visitor", `u${i}`).send({ type: "inc" }));
       if (inflight.length >= window) {
         await Promise.all(inflight.splice(0));
         sent = i + 1;
+        // paced to what the workers take: at most BACKLOG messages waiting in the inbox, so
+        // the collectors' requests are answered within seconds, not after the whole run
+        while (sent - (await processedNow()) > BACKLOG) await sleep(100);
       }
     }
     await Promise.all(inflight);
@@ -147,14 +190,15 @@ export async function manyAgentsBench(
       "every message processed and the workers idle",
       async () => {
         const w = await Promise.all(ports.map((p) => workerSample(p!)));
-        const done = w.reduce((n, x) => n + x.processed, 0);
-        return done >= agents && w.every((x) => x.active === 0) ? true : undefined;
+        const done = w.reduce((n, x) => n + x.processed, 0) - gcRequests;
+        // idle: nothing active but (perhaps) the collector
+        return done >= agents && w.every((x) => x.active <= 1) ? true : undefined;
       },
       agents * 2 + 60_000,
     );
     sampling = false;
     await sampler;
-    await sample();
+    await sample(true);
     return { agents, idleMs, seconds: (performance.now() - t0) / 1000, samples };
   } finally {
     await client?.close().catch(() => {});

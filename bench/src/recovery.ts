@@ -37,8 +37,9 @@ export function node(
   script: string,
   args: string[],
   env: Record<string, string> = {},
+  execArgv: string[] = [],
 ): ChildProcess {
-  return spawn(process.execPath, [script, ...args], {
+  return spawn(process.execPath, [...execArgv, script, ...args], {
     cwd: root,
     // BENCH_CHILD_LOGS=1: the children's logs (warnings and errors) on this process's stderr
     stdio: process.env.BENCH_CHILD_LOGS === "1" ? ["ignore", 2, 2] : "ignore",

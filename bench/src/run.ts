@@ -368,6 +368,7 @@ async function main(): Promise<void> {
         peakActivePerWorker: peak((w) => w.active),
         peakRssBytesPerWorker: peak((w) => w.rssBytes),
         peakHeapUsedBytesPerWorker: peak((w) => w.heapUsedBytes),
+        peakLiveBytesPerWorker: peak((w) => w.liveBytes ?? Number.NaN),
         end: last,
         series,
       };
@@ -378,10 +379,13 @@ async function main(): Promise<void> {
         series.map((x) => ({
           s: x.at.toFixed(0),
           sent: fmt(x.sent),
-          processed: fmt(x.workers.reduce((n, w) => n + w.processed, 0)),
+          processed: fmt(x.processed),
           "active per worker": x.workers.map((w) => fmt(w.active)).join(" / "),
           "RSS MiB per worker": x.workers.map((w) => mib(w.rssBytes)).join(" / "),
           "heap used MiB per worker": x.workers.map((w) => mib(w.heapUsedBytes)).join(" / "),
+          "live MiB per worker (after gc)": x.workers
+            .map((w) => (w.liveBytes === undefined ? "" : mib(w.liveBytes)))
+            .join(" / "),
           "nats-server MiB": mib(x.natsServerMemBytes),
         })),
       );
