@@ -317,3 +317,36 @@ export function deriveChannelKey(derivation: ChannelKeyDerivation): Uint8Array {
     shared.fill(0);
   }
 }
+
+/**
+ * The envelope `channel` of an agent frame sealed with a named key a runtime was given
+ * (rather than a key of a channel the channel API established): `key:<name>`. Channel-API
+ * channel ids are base64url message ids, which never hold a `:`, so the two cannot collide.
+ */
+export const KEY_CHANNEL_PREFIX = "key:";
+
+/** Key names: 1-64 characters of `A-Z a-z 0-9 . _ -`, not starting with a dot. */
+const KEY_NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/;
+
+/** True for a usable key name (what `keyChannel` takes). */
+export function isKeyName(name: unknown): name is string {
+  return typeof name === "string" && KEY_NAME.test(name);
+}
+
+/** `key:<name>`, the channel of frames sealed with key `name`. INVALID_ARGUMENT for a bad name. */
+export function keyChannel(name: string): string {
+  if (!isKeyName(name)) {
+    throw new TroupeError(
+      ErrorCode.INVALID_ARGUMENT,
+      `invalid key name ${JSON.stringify(name)}: use 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a dot`,
+    );
+  }
+  return KEY_CHANNEL_PREFIX + name;
+}
+
+/** The key name a `key:<name>` channel names, or undefined for any other channel. */
+export function keyNameOf(channel: string | undefined): string | undefined {
+  return channel?.startsWith(KEY_CHANNEL_PREFIX)
+    ? channel.slice(KEY_CHANNEL_PREFIX.length)
+    : undefined;
+}

@@ -7,7 +7,11 @@ export {
   deriveChannelKey,
   generateChannelKey,
   generateKeyPair,
+  isKeyName,
+  KEY_CHANNEL_PREFIX,
   type KeyPair,
+  keyChannel,
+  keyNameOf,
   openFrame,
   sealFrame,
 } from "./crypto.js";

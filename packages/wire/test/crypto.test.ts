@@ -10,6 +10,10 @@ import {
   encodeFrame,
   generateChannelKey,
   generateKeyPair,
+  isKeyName,
+  keyChannel,
+  keyNameOf,
+  newMessageId,
   nobleXChaCha20Poly1305,
   nodeXChaCha20Poly1305,
   openFrame,
@@ -329,6 +333,23 @@ describe("sealed frames", () => {
     );
     expectCode(() => openFrame(sealedBy(1, hex("92 00 c1")), key), ErrorCode.DECODE_ERROR);
     expectCode(() => openFrame(sealedBy(1, new Uint8Array(0)), key), ErrorCode.DECODE_ERROR);
+  });
+});
+
+describe("key channels (agent frames sealed with a named key)", () => {
+  it("names the key as key:<name>, a form no channel-API id (base64url) can take", () => {
+    expect(keyChannel("main")).toBe("key:main");
+    expect(keyNameOf("key:2024-06.b_1")).toBe("2024-06.b_1");
+    expect(keyNameOf(undefined)).toBeUndefined();
+    for (let i = 0; i < 100; i++) expect(keyNameOf(newMessageId())).toBeUndefined();
+  });
+
+  it("takes 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a dot", () => {
+    for (const ok of ["a", "A-1", "_x", "k.2024", "x".repeat(64)]) expect(isKeyName(ok)).toBe(true);
+    for (const bad of ["", ".hidden", "..data", "a/b", "a:b", "é", "x".repeat(65), 7, undefined]) {
+      expect(isKeyName(bad)).toBe(false);
+    }
+    expectCode(() => keyChannel("..data"), ErrorCode.INVALID_ARGUMENT);
   });
 });
 
