@@ -11,6 +11,8 @@ import {
   type DecodeLimits,
   decodeFrame,
   ErrorCode,
+  type Frame,
+  keyNameOf,
   TroupeError,
 } from "@troupe/wire";
 import { messageOf, transportError } from "./errors.js";
@@ -26,8 +28,15 @@ export interface AgentHistoryOptions {
   toSequence?: number;
   limits?: DecodeLimits;
   /**
+   * Turns a stored message into a frame (default: `decodeFrame`, which skips sealed ones). A
+   * runtime that seals agent traffic passes its opener: frames sealed with its keys are
+   * opened, plain ones skipped, as its open stage refused them when they arrived.
+   */
+  decode?: (bytes: Uint8Array) => Frame;
+  /**
    * Told about each stored message that is not a frame for this agent's machine (it was
-   * parked when it arrived, so it never changed the agent): garbage, or a sealed frame.
+   * parked when it arrived, so it never changed the agent): garbage, a frame on a channel of
+   * the channel API, or one `decode` refused.
    */
   onSkipped?: (sequence: number, reason: string) => void;
 }
@@ -46,6 +55,7 @@ export async function* agentHistory(
   const shard = shardOfAddress(address, info.shardCount);
   const subject = info.names.inboxSubject(shard, subjectToken(address));
   const limits = options.limits ?? DEFAULT_LIMITS;
+  const decode = options.decode ?? ((bytes: Uint8Array) => decodeFrame(bytes, limits));
   const js = jetstream(nc);
   let consumer: Awaited<ReturnType<typeof js.consumers.get>>;
   let pending: number;
@@ -76,12 +86,13 @@ export async function* agentHistory(
       last = m.seq;
       let frame: ReplayMessage["frame"];
       try {
-        frame = decodeFrame(m.data, limits);
+        frame = decode(m.data);
       } catch (e) {
         options.onSkipped?.(m.seq, `not a frame: ${messageOf(e)}`);
         continue;
       }
-      if (frame.envelope.channel !== undefined) {
+      const channel = frame.envelope.channel;
+      if (channel !== undefined && keyNameOf(channel) === undefined) {
         options.onSkipped?.(m.seq, "sealed on a channel");
         continue;
       }

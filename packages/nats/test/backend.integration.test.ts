@@ -5,7 +5,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { cleanup, type NatsServer, setup } from "@troupe/testkit";
-import { ErrorCode, encodeFrame, type Frame, TroupeError } from "@troupe/wire";
+import { ErrorCode, encodeFrame, type Frame, sealFrame, TroupeError } from "@troupe/wire";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   createNatsBackend,
@@ -307,15 +307,21 @@ describe("NATS backend contract", () => {
     const b = await backend(freshNamespace());
     const c = collector();
     await b.open("me", c.handlers);
-    await b.sendDirect(frame("r1", "~me"));
-    await b.sendDirect(frame("r2", "~someone-else"));
+    await b.sendDirect({ frame: frame("r1", "~me") });
+    await b.sendDirect({ frame: frame("r2", "~someone-else") });
     nc.publish(namespaceNames(b.namespace).clientSubject("me"), new Uint8Array([0x54, 1, 0, 9]));
     await nc.flush();
-    await b.sendDirect(frame("r3", "~me"));
-    await waitFor("two direct frames", () => c.direct.length === 2);
+    await b.sendDirect({ frame: frame("r3", "~me") });
+    // a sealed frame travels as it is, and reaches the runtime as bytes (it opens them)
+    const sealed = frame("s1", "~me");
+    sealed.envelope.channel = "key:main";
+    const bytes = sealFrame(sealed, new Uint8Array(32).fill(7));
+    await b.sendDirect({ bytes, envelope: sealed.envelope });
+    await waitFor("two direct frames", () => c.direct.length === 2 && c.directSealed.length === 1);
     expect(c.direct.map((f) => f.envelope.messageId)).toEqual(["r1", "r3"]);
+    expect(c.directSealed.map((m) => [...m])).toEqual([[...bytes]]);
     expect(b.stats().directDropped).toBe(1);
-    await expect(b.sendDirect(frame("r4", "counter/a"))).rejects.toMatchObject({
+    await expect(b.sendDirect({ frame: frame("r4", "counter/a") })).rejects.toMatchObject({
       code: ErrorCode.INVALID_ARGUMENT,
     });
     await b.close();

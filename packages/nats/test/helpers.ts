@@ -46,10 +46,17 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 export function collector() {
   const got: Delivery[] = [];
   const direct: Frame[] = [];
+  /** Sealed direct frames, handed on as bytes. */
+  const directSealed: Uint8Array[] = [];
   return {
     got,
     direct,
-    handlers: { deliver: (d: Delivery) => got.push(d), direct: (f: Frame) => direct.push(f) },
+    directSealed,
+    handlers: {
+      deliver: (d: Delivery) => got.push(d),
+      direct: (m: Frame | Uint8Array) =>
+        m instanceof Uint8Array ? directSealed.push(m) : direct.push(m),
+    },
   };
 }
 

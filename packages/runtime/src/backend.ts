@@ -168,8 +168,11 @@ export interface ParkingLot {
 export interface BackendHandlers {
   /** Durable inbox deliveries, in inbox order. */
   deliver(delivery: Delivery): void;
-  /** Direct (non-durable) frames for this process's client inbox `~<clientId>`. */
-  direct(frame: Frame): void;
+  /**
+   * Direct (non-durable) frames for this process's client inbox `~<clientId>`: the frame, or
+   * the encoded bytes of a sealed one (the runtime opens them; it checks plain ones too).
+   */
+  direct(message: Frame | Uint8Array): void;
 }
 
 export interface Backend {
@@ -178,8 +181,11 @@ export interface Backend {
   open(clientId: string, handlers: BackendHandlers): Promise<void>;
   /** Durably append to the inbox. Deduplicates by message id within the dedup window. */
   append(out: Outgoing): Promise<AppendResult>;
-  /** Non-durable delivery to a client inbox address (`~<clientId>`), e.g. a reply. */
-  sendDirect(frame: Frame): Promise<void>;
+  /**
+   * Non-durable delivery to a client inbox address (`~<clientId>`), e.g. a reply: a frame, or
+   * sealed bytes with their envelope (`fresh` means nothing here).
+   */
+  sendDirect(out: Outgoing): Promise<void>;
   readonly snapshots: SnapshotStore;
   readonly quarantine: QuarantineRegistry;
   readonly parked: ParkingLot;
@@ -194,7 +200,16 @@ export interface Backend {
    */
   history?(
     address: string,
-    options: { fromSequence?: number; toSequence?: number },
+    options: {
+      fromSequence?: number;
+      toSequence?: number;
+      /**
+       * Turns a stored message into a frame (default: decode it as a plain frame). A runtime
+       * that seals agent traffic opens sealed ones with its keys and refuses plain ones, as
+       * its open stage did when they arrived; a message it throws for is skipped.
+       */
+      decode?: (bytes: Uint8Array) => Frame;
+    },
   ): AsyncIterable<ReplayMessage>;
   /** The shard `address` belongs to, for backends that have shards (for tracing). */
   shardOf?(address: string): number | undefined;

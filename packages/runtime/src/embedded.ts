@@ -338,10 +338,10 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
       scheduleFlush();
       return Promise.resolve({ sequence, duplicate: false });
     },
-    async sendDirect(frame: Frame) {
-      const h = directInboxes.get(frame.envelope.to);
+    async sendDirect(out) {
+      const h = directInboxes.get("frame" in out ? out.frame.envelope.to : out.envelope.to);
       // like a core NATS publish with no subscriber: nobody is listening for it any more
-      if (h !== undefined) h.direct(frame);
+      if (h !== undefined) h.direct("frame" in out ? out.frame : out.bytes);
     },
     snapshots,
     quarantine,

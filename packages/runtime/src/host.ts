@@ -633,11 +633,13 @@ export abstract class Host implements Emitter {
       code: err.code,
       at: this.kernel.clock.now(),
     };
+    const bytes = ctx.delivery.bytes;
+    // a frame that came sealed is parked sealed, as it came: never opened at rest
     await this.kernel.backend.parked.park(
-      ctx.frame !== undefined
+      ctx.frame !== undefined && (bytes === undefined || ctx.envelope?.channel === undefined)
         ? { ...parked, frame: ctx.frame }
-        : ctx.delivery.bytes !== undefined
-          ? { ...parked, bytes: ctx.delivery.bytes }
+        : bytes !== undefined
+          ? { ...parked, bytes }
           : parked,
     );
     if (ctx.envelope !== undefined) this.errorToSender(ctx.envelope, err);

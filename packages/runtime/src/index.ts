@@ -66,3 +66,5 @@ export type {
   SendOptions,
 } from "./runtime.js";
 export { createRuntime } from "./runtime.js";
+export type { SealingConfig } from "./sealing.js";
+export { parseChannelKey, readChannelKeys } from "./sealing.js";

@@ -45,6 +45,12 @@ export interface RuntimeStats {
   published: number;
   /** Replies that arrived after their request timed out. */
   lateReplies: number;
+  /**
+   * Direct frames (replies, error notices for this client) refused: not sealed with one of
+   * this runtime's keys, failing authentication, sealed while this runtime has no keys, or
+   * undecodable. Logged and dropped; a request they answer times out.
+   */
+  directRefused: number;
   /** Actions that could not do what they were asked (e.g. reply with nobody to reply to). */
   faults: number;
 }
@@ -102,6 +108,7 @@ export function newStats(): RuntimeStats {
     held: 0,
     published: 0,
     lateReplies: 0,
+    directRefused: 0,
     faults: 0,
   };
 }

@@ -9,11 +9,14 @@ import {
   agentAddress,
   DEFAULT_LIMITS,
   type DecodeLimits,
+  decodeFrame,
+  type Envelope,
   ErrorCode,
   type ErrorInfo,
   type Frame,
   type FrameKind,
   fromErrorInfo,
+  keyNameOf,
   newMessageId,
   parseAgentAddress,
   peekEnvelope,
@@ -21,7 +24,7 @@ import {
 } from "@troupe/wire";
 import type { EventFromLogic } from "xstate";
 import type { AgentDefinition } from "./agent.js";
-import type { Backend, Delivery, ParkedFrame, QuarantineEntry } from "./backend.js";
+import type { Backend, Delivery, Outgoing, ParkedFrame, QuarantineEntry } from "./backend.js";
 import { Channel, type Channels } from "./channels-table.js";
 import { type Clock, systemClock } from "./clock.js";
 import { createEmbeddedBackend } from "./embedded.js";
@@ -37,6 +40,7 @@ import { Limiter } from "./limiter.js";
 import { type Logger, silentLogger } from "./logger.js";
 import { isPromise, Pipeline, type Stage, type StageInfo } from "./pipeline.js";
 import { type ReplayResult, type ReplayStep, replayAgent } from "./replay.js";
+import { describe, notSealed, Sealing, type SealingConfig } from "./sealing.js";
 import { SenderQuarantine } from "./senders.js";
 import { builtInStages } from "./stages.js";
 import {
@@ -75,6 +79,14 @@ export interface RuntimeConfig {
   shutdownTimeoutMs?: number;
   /** Decoding limits for inbound frames. */
   limits?: Partial<DecodeLimits>;
+  /**
+   * Seal agent traffic with channel keys: every agent frame this runtime sends (sends,
+   * requests, replies, error notices) is sealed with `sealWith`, and only frames sealed with
+   * one of `keys` are taken (others are refused with CRYPTO_ERROR). Off by default. A key
+   * that is not 32 bytes, several keys without `sealWith`, or a `sealWith` that names none of
+   * them: CONFIG_ERROR.
+   */
+  sealing?: SealingConfig;
   /**
    * Quarantine a sender after this many of its frames were refused as undecodable
    * (DECODE_ERROR, UNSUPPORTED_VERSION) or unopenable (CRYPTO_ERROR) within
@@ -207,6 +219,8 @@ interface PendingRequest {
   resolve(v: unknown): void;
   reject(e: unknown): void;
   cancel(): void;
+  /** Why a reply to it was refused (sealing): the timeout says so. */
+  refused?: string;
 }
 
 function resolveConfig(c: RuntimeConfig): ResolvedConfig {
@@ -295,10 +309,14 @@ export class RuntimeCore implements Kernel, Runtime {
   readonly #quarantineElsewhere: ((entry: QuarantineEntry) => Promise<void>) | undefined;
   #refresh: { cancel(): void } | undefined;
   #unwatch: (() => void) | undefined;
+  /** Seals what this runtime sends and opens what it takes; undefined = plain frames. */
+  readonly #sealing: Sealing | undefined;
 
   constructor(config: RuntimeConfig) {
     this.config = resolveConfig(config);
     this.activations = new Limiter(this.config.maxConcurrentActivations);
+    this.#sealing =
+      config.sealing === undefined ? undefined : new Sealing(config.sealing, this.config.limits);
     this.clock = config.clock ?? systemClock;
     this.logger = config.logger ?? silentLogger;
     this.backend = config.backend ?? createEmbeddedBackend({ clock: this.clock });
@@ -323,6 +341,7 @@ export class RuntimeCore implements Kernel, Runtime {
       clock: this.clock,
       hostOf: (a) => this.hosts.get(a),
       channels: this.channels,
+      sealing: this.#sealing,
       refusedSender: (from) => this.#senders.refused(from),
     })) {
       this.pipeline.add(s);
@@ -338,7 +357,7 @@ export class RuntimeCore implements Kernel, Runtime {
     await this.#refreshSenders();
     await this.backend.open(this.clientId, {
       deliver: (d) => this.#route(d),
-      direct: (f) => this.#onDirect(f),
+      direct: (m) => this.#onDirect(m),
     });
     this.#running = true;
     this.#scheduleSweep();
@@ -369,10 +388,21 @@ export class RuntimeCore implements Kernel, Runtime {
     if (frames.length === 0) return;
     // appends are issued in order without waiting one by one: the inbox keeps their order
     const acks: Promise<unknown>[] = [];
+    const sealing = this.#sealing;
     for (const f of frames) {
       this.counters.published++;
-      if (f.envelope.to.startsWith("~")) acks.push(this.backend.sendDirect(f));
-      else acks.push(this.backend.append({ frame: f }));
+      let out: Outgoing;
+      if (sealing === undefined) out = { frame: f };
+      else {
+        try {
+          out = sealing.seal(f);
+        } catch (e) {
+          acks.push(Promise.reject(e));
+          continue;
+        }
+      }
+      if (f.envelope.to.startsWith("~")) acks.push(this.backend.sendDirect(out));
+      else acks.push(this.backend.append(out));
     }
     await Promise.all(acks);
   }
@@ -556,7 +586,17 @@ export class RuntimeCore implements Kernel, Runtime {
     };
   }
 
-  #onDirect(f: Frame): void {
+  /** A direct frame for this client (a reply, an error notice), or the bytes of a sealed one. */
+  #onDirect(m: Frame | Uint8Array): void {
+    let f: Frame;
+    if (m instanceof Uint8Array) {
+      const opened = this.#openDirect(m);
+      if (opened === undefined) return;
+      f = opened;
+    } else if (this.#sealing !== undefined) {
+      this.#refuseDirect(m.envelope, notSealed(m.envelope));
+      return;
+    } else f = m;
     if (tracingEnabled()) {
       // the reply's arrival, as the last span of a request's trace
       const { span } = startProcessSpan(this, this.#inbox, f.envelope, undefined, NO_DETAILS);
@@ -580,6 +620,67 @@ export class RuntimeCore implements Kernel, Runtime {
     p.cancel();
     if (f.envelope.kind === "error") p.reject(fromErrorInfo(f.message.payload as ErrorInfo));
     else p.resolve(f.message.payload);
+  }
+
+  #openDirect(bytes: Uint8Array): Frame | undefined {
+    let peeked: { envelope: Envelope; sealed: boolean };
+    let plain: Frame | undefined;
+    try {
+      peeked = peekEnvelope(bytes, this.config.limits);
+      if (!peeked.sealed) plain = decodeFrame(bytes, this.config.limits);
+    } catch (e) {
+      this.#refuseDirect(undefined, e);
+      return undefined;
+    }
+    if (plain !== undefined) {
+      if (this.#sealing === undefined) return plain;
+      this.#refuseDirect(plain.envelope, notSealed(plain.envelope));
+      return undefined;
+    }
+    const env = peeked.envelope;
+    const sealing = this.#sealing;
+    if (sealing === undefined) {
+      const name = keyNameOf(env.channel);
+      const err = new TroupeError(
+        ErrorCode.CRYPTO_ERROR,
+        `${describe(env)} is sealed${name === undefined ? "" : ` with key "${name}"`}, and this runtime has no channel keys to open it (RuntimeConfig.sealing)`,
+        { details: { from: env.from, channel: env.channel ?? null } },
+      );
+      this.#refuseDirect(env, err);
+      // Nothing here can open it, and plain frames are taken here anyway (so refusing at once
+      // gives a forger nothing new): the request it answers fails now, saying why.
+      const id = env.correlationId;
+      const p = id === undefined ? undefined : this.#pending.get(id);
+      if (p !== undefined) {
+        this.#pending.delete(id!);
+        p.cancel();
+        p.reject(err);
+      }
+      return undefined;
+    }
+    try {
+      return sealing.open(bytes, env);
+    } catch (e) {
+      this.#refuseDirect(env, e);
+      return undefined;
+    }
+  }
+
+  /**
+   * A direct frame that cannot be trusted: counted and logged, never handed on. A request it
+   * claims to answer keeps waiting (a forger must not be able to end it) and its TIMEOUT says
+   * what was refused.
+   */
+  #refuseDirect(env: Envelope | undefined, e: unknown): void {
+    this.counters.directRefused++;
+    const err = e instanceof TroupeError ? e : new TroupeError(ErrorCode.DECODE_ERROR, String(e));
+    this.logger.warn(
+      { from: env?.from, kind: env?.kind, code: err.code, channel: env?.channel },
+      `direct frame refused: ${err.message}`,
+    );
+    const id = env?.correlationId;
+    const p = id === undefined ? undefined : this.#pending.get(id);
+    if (p !== undefined) p.refused = `${err.code}: ${err.message}`;
   }
 
   // --- outbound (clients) ----------------------------------------------------------------
@@ -659,7 +760,17 @@ export class RuntimeCore implements Kernel, Runtime {
   }
 
   #appendUntraced(frame: Frame, fresh: boolean): Promise<Receipt> {
-    return this.backend.append({ frame, fresh }).then(
+    let out: Outgoing;
+    if (this.#sealing === undefined) out = { frame, fresh };
+    else {
+      try {
+        out = this.#sealing.seal(frame);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      out.fresh = fresh;
+    }
+    return this.backend.append(out).then(
       (r) => ({
         messageId: frame.envelope.messageId,
         sequence: r.sequence,
@@ -720,11 +831,21 @@ export class RuntimeCore implements Kernel, Runtime {
       frame.envelope.replyTo = this.#inbox;
       const result = new Promise<T>((resolve, reject) => {
         const timer = this.clock.setTimeout(() => {
+          const refused = this.#pending.get(correlationId)?.refused;
           this.#pending.delete(correlationId);
           reject(
-            new TroupeError(ErrorCode.TIMEOUT, `no reply from ${address} within ${timeoutMs} ms`, {
-              details: { address, messageId: correlationId, timeoutMs },
-            }),
+            new TroupeError(
+              ErrorCode.TIMEOUT,
+              `no reply from ${address} within ${timeoutMs} ms${refused === undefined ? "" : `; a reply came and was refused: ${refused}`}`,
+              {
+                details: {
+                  address,
+                  messageId: correlationId,
+                  timeoutMs,
+                  ...(refused === undefined ? {} : { refused }),
+                },
+              },
+            ),
           );
         }, timeoutMs);
         this.#pending.set(correlationId, {
@@ -910,7 +1031,13 @@ export class RuntimeCore implements Kernel, Runtime {
     const run = async (toSequence: number) => {
       const replayOptions = options.onStep === undefined ? {} : { onStep: options.onStep };
       if (toSequence < fromSequence) return replayAgent(def, address, [], replayOptions);
-      const history = backend.history!(address, { fromSequence, toSequence });
+      const sealing = this.#sealing;
+      const history = backend.history!(
+        address,
+        sealing === undefined
+          ? { fromSequence, toSequence }
+          : { fromSequence, toSequence, decode: (bytes) => sealing.openStored(bytes) },
+      );
       return replayAgent(def, address, history, replayOptions);
     };
     if (options.dryRun) {

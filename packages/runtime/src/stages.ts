@@ -5,6 +5,7 @@ import {
   type DecodeLimits,
   decodeFrame,
   ErrorCode,
+  KEY_CHANNEL_PREFIX,
   openFrame,
   peekEnvelope,
   TroupeError,
@@ -16,12 +17,15 @@ import type { Clock } from "./clock.js";
 import type { Host } from "./host.js";
 import { AgentHost } from "./host.js";
 import { isPromise, type Stage, type StageContext, StageOrder } from "./pipeline.js";
+import { notSealed, type Sealing } from "./sealing.js";
 
 export interface StageDeps {
   limits: DecodeLimits;
   clock: Clock;
   hostOf(address: string): Host | undefined;
   channels: Channels;
+  /** The runtime's keys for agent frames, when it seals them. */
+  sealing: Sealing | undefined;
   /** The quarantine entry refusing frames from this sender, if any (a cached view). */
   refusedSender(from: string): QuarantineEntry | undefined;
 }
@@ -111,12 +115,19 @@ function senderStage({ refusedSender }: StageDeps): Stage {
   };
 }
 
-function openStage({ limits, channels }: StageDeps): Stage {
+function openStage({ limits, channels, sealing }: StageDeps): Stage {
   return {
     name: "open",
     order: StageOrder.OPEN,
     run(ctx) {
       const env = ctx.envelope!;
+      if (
+        sealing !== undefined &&
+        (env.channel === undefined || env.channel.startsWith(KEY_CHANNEL_PREFIX))
+      ) {
+        openSealed(ctx, sealing);
+        return undefined;
+      }
       if (env.channel === undefined) {
         if (ctx.frame === undefined) {
           throw new TroupeError(ErrorCode.CRYPTO_ERROR, "sealed frame names no channel");
@@ -155,6 +166,26 @@ function openStage({ limits, channels }: StageDeps): Stage {
       return undefined;
     },
   };
+}
+
+/**
+ * An agent frame where agent traffic is sealed: it must be sealed with one of the runtime's
+ * keys. No channel sequence window: the inbox sequence (dedup stage) and the message id
+ * (the inbox's dedup window) keep a frame from being taken twice.
+ */
+function openSealed(ctx: StageContext, sealing: Sealing): void {
+  const env = ctx.envelope!;
+  if (ctx.frame !== undefined) throw notSealed(env);
+  const frame = sealing.open(ctx.delivery.bytes!, env);
+  ctx.frame = frame;
+  ctx.event = frame.message.payload;
+  // as for plain frames: an endpoint takes notices of failures of what it sent, nothing else
+  if (ctx.to.startsWith("#") && env.kind !== "error") {
+    throw new TroupeError(
+      ErrorCode.CHANNEL_NOT_FOUND,
+      `${ctx.to} takes messages on a channel only`,
+    );
+  }
 }
 
 function validateStage({ hostOf }: StageDeps): Stage {

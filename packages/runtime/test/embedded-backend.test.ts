@@ -126,9 +126,9 @@ describe("embedded backend contract", () => {
   it("sends direct frames only to an open client inbox", async () => {
     const b = createEmbeddedBackend();
     const direct: Frame[] = [];
-    await b.open("me", { deliver: () => {}, direct: (f) => direct.push(f) });
-    await b.sendDirect(frame("r1", "~me"));
-    await b.sendDirect(frame("r2", "~someone-else"));
+    await b.open("me", { deliver: () => {}, direct: (f) => direct.push(f as Frame) });
+    await b.sendDirect({ frame: frame("r1", "~me") });
+    await b.sendDirect({ frame: frame("r2", "~someone-else") });
     expect(direct.map((f) => f.envelope.messageId)).toEqual(["r1"]);
     await b.close();
   });
