@@ -96,7 +96,7 @@ async function storedMessages(): Promise<{ seq: number; data: Uint8Array }[]> {
   const out: { seq: number; data: Uint8Array }[] = [];
   for (let seq = state.first_seq; seq <= state.last_seq; seq++) {
     const m = await jsm.streams.getMessage(stream, { seq }).catch(() => undefined);
-    if (m !== undefined) out.push({ seq, data: m.data });
+    if (m) out.push({ seq, data: m.data });
   }
   return out;
 }
@@ -107,7 +107,9 @@ describe("sealed agent traffic on NATS", () => {
   it("stores sealed frames in the inbox stream; the agent handles them; requests get their replies, sealed", async () => {
     const direct: Uint8Array[] = [];
     const sub = nc.subscribe(namespaceNames(namespace).clientSubject(client.clientId), {
-      callback: (_err, m) => direct.push(m.data),
+      callback: (_err, m) => {
+        direct.push(m.data);
+      },
     });
     const receipt = await client.ref(notebook, "a").send({ type: "note", text: MARKER });
     await client.ref(relay, "r").send({ type: "pass", to: "a", text: `${MARKER}-relayed` });
