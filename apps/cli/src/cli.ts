@@ -6,7 +6,7 @@
 
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { CliError, ExitCode, type Io, writeLine } from "./io.js";
-import { NAMESPACE_ENV, NATS_URL_ENV } from "./settings.js";
+import { CHANNEL_KEYS_DIR_ENV, NAMESPACE_ENV, NATS_URL_ENV, SEAL_WITH_ENV } from "./settings.js";
 
 export type { Io } from "./io.js";
 
@@ -31,6 +31,18 @@ function program(io: Io, setExit: (code: number) => void): Command {
     .showSuggestionAfterError()
     .option("--nats <urls>", `NATS server URL(s), comma-separated (env ${NATS_URL_ENV})`)
     .option("--namespace <ns>", `the cluster's namespace (env ${NAMESPACE_ENV})`)
+    .addOption(
+      new Option(
+        "--channel-keys-dir <dir>",
+        `seal agent traffic (send, request, dev) with the channel keys in this directory, one file per key, as the workers have them (env ${CHANNEL_KEYS_DIR_ENV})`,
+      ),
+    )
+    .addOption(
+      new Option(
+        "--seal-with <name>",
+        `the key to seal with when the directory holds several (env ${SEAL_WITH_ENV})`,
+      ),
+    )
     .addHelpText(
       "after",
       [

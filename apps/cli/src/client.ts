@@ -1,9 +1,9 @@
 /** A client runtime on the cluster (`@troupe/nats` connect), opened for one command. */
 
 import { connect, type TroupeClient } from "@troupe/nats";
-import { isTroupeError } from "@troupe/runtime";
+import { isTroupeError, readSealing, type SealingConfig } from "@troupe/runtime";
 import { messageOf } from "./format.js";
-import { failure } from "./io.js";
+import { failure, usageError } from "./io.js";
 import { openNats } from "./nats.js";
 import type { Settings } from "./settings.js";
 
@@ -14,6 +14,7 @@ export type Client = Pick<TroupeClient, "ref" | "close">;
 const WAIT_FOR_NATS_MS = 3000;
 
 export async function openClient(settings: Settings): Promise<Client> {
+  const sealing = await sealingOf(settings);
   // connect() waits for NATS with backoff, as a long-running process should; a command should
   // say at once when nothing listens there, so probe first (refused = immediate failure)
   const probe = await openNats(settings, WAIT_FOR_NATS_MS);
@@ -24,6 +25,7 @@ export async function openClient(settings: Settings): Promise<Client> {
       namespace: settings.namespace,
       name: "troupe-cli",
       waitMs: WAIT_FOR_NATS_MS,
+      ...(sealing === undefined ? {} : { sealing }),
     });
   } catch (e) {
     const why = isTroupeError(e) ? `${e.code}: ${e.message}` : messageOf(e);
@@ -31,5 +33,15 @@ export async function openClient(settings: Settings): Promise<Client> {
       `cannot open a client in namespace ${settings.namespace} at ${settings.natsUrl}: ${why}`,
       { cause: e },
     );
+  }
+}
+
+/** The channel keys of --channel-keys-dir, read before anything connects (bad keys: exit 2). */
+export async function sealingOf(settings: Settings): Promise<SealingConfig | undefined> {
+  if (settings.channelKeysDir === undefined) return undefined;
+  try {
+    return await readSealing(settings.channelKeysDir, settings.sealWith);
+  } catch (e) {
+    throw usageError(messageOf(e));
   }
 }

@@ -1,4 +1,7 @@
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { type ClusterStatus, renderStatus } from "../src/commands/status.js";
 import { readiness } from "../src/dev/readiness.js";
@@ -25,6 +28,9 @@ describe("troupe command line", () => {
     expect(r.stdout).toContain("--nats");
     expect(r.stdout).toContain("TROUPE_NATS_URL");
     expect(r.stdout).toContain("TROUPE_NAMESPACE");
+    expect(r.stdout).toContain("--channel-keys-dir");
+    expect(r.stdout).toContain("TROUPE_CHANNEL_KEYS_DIR");
+    expect(r.stdout).toContain("TROUPE_SEAL_WITH");
   });
 
   it("no command: help on stderr, exit 2", async () => {
@@ -104,6 +110,37 @@ describe("troupe command line", () => {
     const send = await troupe(["send", "counter/a", '{"type":"get"}', "--nats", url]);
     expect(send.code).toBe(1);
     expect(send.stderr).toContain(`cannot connect to NATS at ${url}`);
+  });
+
+  it("channel keys: a bad key file, an empty directory, --seal-with alone are usage errors, before any connection", async () => {
+    const port = await closedPort();
+    const url = `nats://127.0.0.1:${port}`;
+    const dir = await mkdtemp(join(tmpdir(), "troupe-cli-keys-"));
+    try {
+      const send = (env: Record<string, string>, ...flags: string[]) =>
+        troupe(["send", "counter/a", '{"type":"get"}', "--nats", url, ...flags], env);
+      const empty = await send({}, "--channel-keys-dir", dir);
+      expect(empty.code).toBe(2);
+      expect(empty.stderr).toContain(`${dir} holds no key files`);
+      await writeFile(join(dir, "main"), "not a key\n");
+      const bad = await send({ TROUPE_CHANNEL_KEYS_DIR: dir });
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain(`${join(dir, "main")} is not a key`);
+      await writeFile(join(dir, "main"), "ab".repeat(32));
+      await writeFile(join(dir, "next"), Buffer.alloc(32, 1));
+      const several = await send({}, "--channel-keys-dir", dir);
+      expect(several.code).toBe(2);
+      expect(several.stderr).toContain("holds 2 keys (main, next)");
+      const alone = await send({ TROUPE_SEAL_WITH: "main" });
+      expect(alone.code).toBe(2);
+      expect(alone.stderr).toContain("no --channel-keys-dir");
+      // good keys: on to connecting (nothing listens there)
+      const good = await send({ TROUPE_SEAL_WITH: "next" }, "--channel-keys-dir", dir);
+      expect(good.code).toBe(1);
+      expect(good.stderr).toContain(`cannot connect to NATS at ${url}`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

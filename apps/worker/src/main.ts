@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 /** troupe-worker: hosts the agents of the shards the coordinator assigns to it. */
+import { readSealing } from "@troupe/runtime";
 import { startTelemetry } from "@troupe/telemetry";
-import { ErrorCode, isTroupeError } from "@troupe/wire";
+import { ErrorCode, isTroupeError, TroupeError } from "@troupe/wire";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { httpPort, startWorkerProbes, type WorkerProbes } from "./probes.js";
-import { loadAgents, type RunningWorker, startWorker } from "./worker.js";
+import { loadAgents, type RunningWorker, startWorker, type WorkerOptions } from "./worker.js";
 
 const EXIT_CONFIG = 2;
 
@@ -63,6 +64,18 @@ const program = new Command()
       .default(8080),
   )
   .addOption(
+    new Option(
+      "--channel-keys-dir <dir>",
+      "seal agent traffic: a directory of channel keys, one file per key named after it (32 raw bytes, 64 hex digits or base64)",
+    ).env("TROUPE_CHANNEL_KEYS_DIR"),
+  )
+  .addOption(
+    new Option(
+      "--seal-with <name>",
+      "the key agent frames are sealed with (default: the only key; needed with several)",
+    ).env("TROUPE_SEAL_WITH"),
+  )
+  .addOption(
     new Option("--log-level <level>", "log level")
       .env("TROUPE_LOG_LEVEL")
       .choices(["trace", "debug", "info", "warn", "error", "fatal"])
@@ -78,6 +91,8 @@ const opts = program.opts<{
   leaseMs: number;
   heartbeatMs?: number;
   httpPort: number | "off";
+  channelKeysDir?: string;
+  sealWith?: string;
   logLevel: string;
 }>();
 
@@ -117,6 +132,7 @@ async function start(): Promise<RunningWorker> {
     .map((p) => p.trim())
     .filter((p) => p !== "");
   const agents = await loadAgents(paths);
+  const sealing = await sealingOptions();
   const options: Parameters<typeof startWorker>[0] = {
     servers: opts.nats
       .split(",")
@@ -128,11 +144,28 @@ async function start(): Promise<RunningWorker> {
     leaseMs: opts.leaseMs,
     onMessageHandled: p.metrics.onMessageHandled,
   };
+  if (sealing !== undefined) options.sealing = sealing;
   if (opts.heartbeatMs !== undefined) options.heartbeatMs = opts.heartbeatMs;
   if (opts.id !== undefined) options.id = opts.id;
   running = await startWorker(options);
   p.metrics.label({ namespace: opts.namespace, worker: running.id });
   return running;
+}
+
+/** The channel keys from --channel-keys-dir, if given (a bad key file: CONFIG_ERROR, exit 2). */
+async function sealingOptions(): Promise<WorkerOptions["sealing"]> {
+  const dir = opts.channelKeysDir?.trim();
+  const sealWith = opts.sealWith?.trim() || undefined;
+  if (dir === undefined || dir === "") {
+    if (sealWith !== undefined) {
+      throw new TroupeError(
+        ErrorCode.CONFIG_ERROR,
+        "--seal-with (TROUPE_SEAL_WITH) names a key, but no --channel-keys-dir (TROUPE_CHANNEL_KEYS_DIR) gives the keys",
+      );
+    }
+    return undefined;
+  }
+  return readSealing(dir, sealWith);
 }
 
 const started = start().catch((err) => fail(err, "worker could not start"));

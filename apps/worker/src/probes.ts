@@ -150,6 +150,11 @@ export function createWorkerMetrics(state: WorkerProbeState): WorkerMetrics {
     "Messages of quarantined agents moved to the held stream",
     () => runtime()?.held,
   );
+  mirror(
+    "troupe_direct_refused_total",
+    "Direct frames (replies, error notices) refused: not sealed with a known channel key, or failing authentication",
+    () => runtime()?.directRefused,
+  );
   gauge(
     "troupe_active_agents",
     "Agents active (in memory) on this worker",

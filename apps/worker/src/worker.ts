@@ -20,6 +20,7 @@ import {
   type HandledMessage,
   type Logger,
   type Runtime,
+  type SealingConfig,
 } from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
 import { serveReplay } from "./replay-control.js";
@@ -40,6 +41,8 @@ export interface WorkerOptions {
   leaseMs?: number;
   /** Told about every message the runtime handled, with its duration (the latency histogram). */
   onMessageHandled?: (m: HandledMessage) => void;
+  /** Seal agent traffic with these channel keys (see RuntimeConfig.sealing). */
+  sealing?: SealingConfig;
   logger: ParentLogger;
 }
 
@@ -91,6 +94,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       ...(options.onMessageHandled === undefined
         ? {}
         : { onMessageHandled: options.onMessageHandled }),
+      ...(options.sealing === undefined ? {} : { sealing: options.sealing }),
     });
     let membership: Membership;
     try {
@@ -133,6 +137,13 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         namespace: options.namespace,
         shardCount,
         agentTypes: options.agents.map((a) => a.type),
+        sealing:
+          options.sealing === undefined
+            ? "off"
+            : {
+                sealWith: options.sealing.sealWith ?? Object.keys(options.sealing.keys)[0],
+                keys: Object.keys(options.sealing.keys),
+              },
       },
       "worker started",
     );

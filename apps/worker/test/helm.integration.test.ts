@@ -195,6 +195,8 @@ describe.skipIf(skip)("helm/troupe", () => {
     expect(worker.spec.template.metadata.annotations["checksum/config"]).toMatch(/^[0-9a-f]{64}$/);
     expect(coord.spec.template.metadata.annotations["checksum/config"]).toMatch(/^[0-9a-f]{64}$/);
     find(o, "Secret", "troupe-channel-keys");
+    // no channel keys given: agent traffic is not sealed, nobody looks for keys
+    expect(env(wc, "TROUPE_CHANNEL_KEYS_DIR")).toBeUndefined();
     find(o, "ConfigMap", "troupe-config");
     expect(find(o, "ServiceAccount", "troupe").automountServiceAccountToken).toBe(false);
     for (const n of ["troupe-worker", "troupe-coordinator", "troupe-nats"]) {
@@ -274,6 +276,24 @@ describe.skipIf(skip)("helm/troupe", () => {
       expect(env(c, "OTEL_EXPORTER_OTLP_ENDPOINT")).toBe("http://troupe-jaeger:4318");
     }
 
+    // channel keys: workers and the helm test pod seal with them, the coordinators need none
+    const sealed = renders.get("sealing-values.yaml")?.objects ?? [];
+    const secret = find(sealed, "Secret", "troupe-channel-keys");
+    expect(Object.keys(secret.data).sort()).toEqual(["k2024", "k2025"]);
+    const sw = find(sealed, "Deployment", "troupe-worker").spec.template.spec;
+    const testPod = find(sealed, "Pod", "troupe-test").spec;
+    for (const spec of [sw, testPod]) {
+      const c = spec.containers[0];
+      expect(env(c, "TROUPE_CHANNEL_KEYS_DIR")).toBe("/etc/troupe/keys");
+      expect(env(c, "TROUPE_SEAL_WITH")).toBe("k2025");
+      const mount = c.volumeMounts.find((m: K8sObject) => m.mountPath === "/etc/troupe/keys");
+      expect(mount.readOnly).toBe(true);
+      const volume = spec.volumes.find((v: K8sObject) => v.name === mount.name);
+      expect(volume.secret.secretName).toBe("troupe-channel-keys");
+    }
+    const sc = find(sealed, "Deployment", "troupe-coordinator").spec.template.spec.containers[0];
+    expect(env(sc, "TROUPE_CHANNEL_KEYS_DIR")).toBeUndefined();
+
     const ext = renders.get("external-nats-values.yaml")?.objects ?? [];
     expect(ext.some((x) => x.kind === "StatefulSet")).toBe(false);
     const ec = find(ext, "Deployment", "troupe-coordinator").spec.template.spec.containers[0];
@@ -296,6 +316,8 @@ describe.skipIf(skip)("helm/troupe", () => {
       "global.namespace=Bad_NS",
       "nats.replicas=2",
       "extra=1",
+      "sealWith=.hidden",
+      "channelKeys.main=short",
     ]) {
       expect(() => render([], [bad]), bad).toThrow(/values don't meet the specifications|schema/i);
     }

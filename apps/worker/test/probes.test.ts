@@ -30,6 +30,7 @@ function standIn(over: { health?: Partial<MembershipHealth>; connected?: boolean
     held: 6,
     published: 4,
     lateReplies: 0,
+    directRefused: 0,
     faults: 0,
     activeAgents: 1,
   };

@@ -105,6 +105,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when agent traffic is sealed: channel keys are given (in the values or a Secret). */}}
+{{- define "troupe.sealing" -}}
+{{- if or .Values.channelKeys .Values.existingChannelKeysSecret }}true{{ end }}
+{{- end }}
+
+{{/* The Secret of channel keys (one entry per key name). */}}
+{{- define "troupe.channelKeysSecret" -}}
+{{- default (printf "%s-channel-keys" (include "troupe.fullname" .)) .Values.existingChannelKeysSecret }}
+{{- end }}
+
+{{/* What a process needs to seal agent traffic: the keys directory and the key to seal with. */}}
+{{- define "troupe.sealingEnv" -}}
+{{- if include "troupe.sealing" . }}
+- name: TROUPE_CHANNEL_KEYS_DIR
+  value: /etc/troupe/keys
+{{- with .Values.sealWith }}
+- name: TROUPE_SEAL_WITH
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Environment every Troupe process shares (dict "root" $ "service" "troupe-worker"). */}}
 {{- define "troupe.commonEnv" -}}
 - name: TROUPE_NATS_URL

@@ -67,4 +67,4 @@ export type {
 } from "./runtime.js";
 export { createRuntime } from "./runtime.js";
 export type { SealingConfig } from "./sealing.js";
-export { parseChannelKey, readChannelKeys } from "./sealing.js";
+export { parseChannelKey, readChannelKeys, readSealing } from "./sealing.js";

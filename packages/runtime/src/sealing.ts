@@ -208,6 +208,30 @@ export async function readChannelKeys(dir: string): Promise<Record<string, Uint8
   return Object.fromEntries(keys);
 }
 
+/**
+ * The sealing configuration of a key directory (`readChannelKeys`) and the name of the key to
+ * seal with (default: the only one). CONFIG_ERROR, before anything connects, when the
+ * directory holds several keys and none is named, or not the one named.
+ */
+export async function readSealing(dir: string, sealWith?: string): Promise<SealingConfig> {
+  const keys = await readChannelKeys(dir);
+  const names = Object.keys(keys);
+  if (sealWith === undefined) {
+    if (names.length > 1) {
+      throw configError(
+        `channel keys: ${dir} holds ${names.length} keys (${names.join(", ")}): name the one agent frames are sealed with`,
+      );
+    }
+    return { keys };
+  }
+  if (!names.includes(sealWith)) {
+    throw configError(
+      `channel keys: ${dir} has no key ${JSON.stringify(sealWith)} to seal with (it holds ${names.join(", ")})`,
+    );
+  }
+  return { keys, sealWith };
+}
+
 const HEX_KEY = /^[0-9a-fA-F]{64}$/;
 const BASE64_KEY = /^[A-Za-z0-9+/]{43}=?$|^[A-Za-z0-9_-]{43}=?$/;
 

@@ -25,6 +25,7 @@ import {
   type Outgoing,
   parseChannelKey,
   readChannelKeys,
+  readSealing,
   type SealingConfig,
   send,
   TroupeError,
@@ -414,6 +415,10 @@ describe("readChannelKeys", () => {
     expect(read.hex).toEqual(NEW);
     expect(read.b64).toEqual(OLD);
     expect(read.b64url).toEqual(OTHER);
+    // several keys: the one to seal with must be named, and be one of them
+    expect(await codeOf(readSealing(keys))).toBe(ErrorCode.CONFIG_ERROR);
+    expect(await codeOf(readSealing(keys, "nope"))).toBe(ErrorCode.CONFIG_ERROR);
+    expect((await readSealing(keys, "hex")).sealWith).toBe("hex");
   });
 
   it("names the file that is not a key; refuses a missing or empty directory (CONFIG_ERROR)", async () => {

@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { openClient } from "../client.js";
+import { openClient, sealingOf } from "../client.js";
 import { DevChild } from "../dev/child.js";
 import { DEFAULT_GOAL, DEMO_AGENTS, placementTable, runClusterDemo } from "../dev/demo.js";
 import { layout } from "../dev/layout.js";
@@ -66,7 +66,16 @@ const DEMO_TIMEOUT_MS = 30_000;
 
 export async function dev(goalWords: string[], options: DevOptions, io: Io): Promise<number> {
   const lay = layout();
-  const settings = resolveSettings({ namespace: options.namespace }, io);
+  const settings = resolveSettings(
+    {
+      namespace: options.namespace,
+      channelKeysDir: options.channelKeysDir,
+      sealWith: options.sealWith,
+    },
+    io,
+  );
+  // bad keys fail here, not as workers that exit one after another
+  await sealingOf(settings);
   const workerCount = options.workers ?? 2;
   if (!Number.isInteger(workerCount) || workerCount < 1 || workerCount > 16) {
     throw usageError("--workers must be a whole number from 1 to 16");
@@ -235,6 +244,14 @@ class DevCluster {
     const echo = this.#verbose ? (line: string) => writeLine(io.stderr, line) : undefined;
     // several processes on one machine: each takes a free port for its probes (it logs which)
     const env = { ...io.env, TROUPE_HTTP_PORT: "0" } as NodeJS.ProcessEnv;
+    // the workers seal with the same keys as the demo's client (the path made absolute)
+    const keys = this.#settings.channelKeysDir;
+    delete env.TROUPE_CHANNEL_KEYS_DIR;
+    delete env.TROUPE_SEAL_WITH;
+    if (keys !== undefined) {
+      env.TROUPE_CHANNEL_KEYS_DIR = keys;
+      if (this.#settings.sealWith !== undefined) env.TROUPE_SEAL_WITH = this.#settings.sealWith;
+    }
     const started = Date.now();
 
     this.#saveState(); // claims the data dir before anything starts
@@ -466,6 +483,10 @@ class DevCluster {
       this.#settings.namespace === DEFAULT_NAMESPACE
         ? ""
         : ` --namespace ${this.#settings.namespace}`,
+      this.#settings.channelKeysDir === undefined
+        ? ""
+        : ` --channel-keys-dir ${shown(io, this.#settings.channelKeysDir)}`,
+      this.#settings.sealWith === undefined ? "" : ` --seal-with ${this.#settings.sealWith}`,
     ].join("");
     const cli = shown(io, layout().cliMain);
     const lines = [
