@@ -1,13 +1,15 @@
 /**
- * Durable throughput on a real nats-server: agent messages/s end to end (send → JetStream
- * inbox → shard consumer → pipeline → handler → snapshot in KV → ack) next to raw nats.js
- * publish → consume → ack on the same server, in the same run, 256 B payloads.
+ * Durable throughput on a real nats-server: agent messages/s end to end (send → seal →
+ * JetStream inbox → shard consumer → open → pipeline → handler → snapshot in KV → ack), also
+ * with frames not sealed, next to raw nats.js publish → consume → ack on the same server, in
+ * the same run, 256 B payloads.
  */
 
 import { connect } from "@nats-io/transport-node";
 import { createNatsBackend, ensureNamespace } from "@troupe/nats";
 import { createRuntime, defineAgent } from "@troupe/runtime";
 import { startNatsServer } from "@troupe/testkit";
+import { generateChannelKey } from "@troupe/wire";
 import { assign, setup } from "xstate";
 import { rawJetStream } from "./raw-jetstream.js";
 
@@ -32,7 +34,10 @@ export interface ClusterFigures {
   rawPerSec: number[];
   /** raw nats.js, core publish with a reply inbox (Troupe's technique) */
   rawCorePerSec: number[];
+  /** frames sealed with a channel key */
   troupePerSec: number[];
+  /** frames not sealed */
+  troupePlainPerSec: number[];
 }
 
 export async function troupeOnNats(
@@ -40,13 +45,19 @@ export async function troupeOnNats(
   messages: number,
   agents: number,
   run: number,
+  sealed = false,
 ): Promise<number> {
   const nc = await connect({ servers: url, name: "bench", noAsyncTraces: NO_ASYNC_TRACES });
   const namespace = `bench-${process.pid}-${run}`;
   const info = await ensureNamespace(nc, { namespace, shardCount: 16 });
   const backend = await createNatsBackend({ nc, namespace, namespaceInfo: info, shards: "all" });
   const counter = defineAgent({ type: "counter", machine });
-  const runtime = await createRuntime({ agents: [counter], backend });
+  const runtime = await createRuntime({
+    agents: [counter],
+    backend,
+    // every frame sealed on send (XChaCha20-Poly1305) and opened on delivery
+    ...(sealed ? { sealing: { keys: { bench: generateChannelKey() } } } : {}),
+  });
   const refs = Array.from({ length: agents }, (_, i) => runtime.ref(counter, `a${i}`));
   const t0 = performance.now();
   const window = 2_000;
@@ -79,17 +90,20 @@ export async function clusterBench(messages: number, runs: number): Promise<Clus
     const rawPerSec: number[] = [];
     const rawCorePerSec: number[] = [];
     const troupePerSec: number[] = [];
+    const troupePlainPerSec: number[] = [];
     // warm-up round, not measured
     await rawJetStream(nc, messages / 4);
     await rawJetStream(nc, messages / 4, "core");
-    await troupeOnNats(server.url, messages / 4, 100, -1);
+    await troupeOnNats(server.url, messages / 4, 100, -1, true);
+    await troupeOnNats(server.url, messages / 4, 100, -2);
     for (let r = 0; r < runs; r++) {
       rawPerSec.push(await rawJetStream(nc, messages));
       rawCorePerSec.push(await rawJetStream(nc, messages, "core"));
-      troupePerSec.push(await troupeOnNats(server.url, messages, 100, r));
+      troupePerSec.push(await troupeOnNats(server.url, messages, 100, r, true));
+      troupePlainPerSec.push(await troupeOnNats(server.url, messages, 100, 1000 + r));
     }
     await nc.drain();
-    return { rawPerSec, rawCorePerSec, troupePerSec };
+    return { rawPerSec, rawCorePerSec, troupePerSec, troupePlainPerSec };
   } finally {
     await server.cleanup();
   }

@@ -202,13 +202,17 @@ async function main(): Promise<void> {
       const raw = median(c.rawPerSec);
       const rawCore = median(c.rawCorePerSec);
       const troupe = median(c.troupePerSec);
+      const plain = median(c.troupePlainPerSec);
       cluster = {
         messages: clusterMessages,
         rawPerSec: raw,
         rawCorePerSec: rawCore,
         troupePerSec: troupe,
+        troupePlainPerSec: plain,
         ratio: troupe / raw,
         ratioVsCore: troupe / rawCore,
+        plainRatio: plain / raw,
+        plainRatioVsCore: plain / rawCore,
       };
       console.log(
         "Cluster (one local nats-server, file storage): durable messages/s, 256 B payloads, 100 agents",
@@ -227,10 +231,16 @@ async function main(): Promise<void> {
           "vs raw core": "1.00",
         },
         {
-          scenario: "Troupe agents on NATS (send → handle → snapshot → ack)",
+          scenario: "Troupe agents on NATS, sealed (send → seal → open → handle → snapshot → ack)",
           "msgs/s": fmt(troupe),
           "vs raw": (troupe / raw).toFixed(2),
           "vs raw core": (troupe / rawCore).toFixed(2),
+        },
+        {
+          scenario: "Troupe agents on NATS, not sealed",
+          "msgs/s": fmt(plain),
+          "vs raw": (plain / raw).toFixed(2),
+          "vs raw core": (plain / rawCore).toFixed(2),
         },
       ]);
     } catch (e) {

@@ -48,7 +48,7 @@ async function traced(url: string, messages: number, run: number) {
   });
   provider.register();
   try {
-    const perSec = await troupeOnNats(url, messages, 100, run);
+    const perSec = await troupeOnNats(url, messages, 100, run, true);
     await provider.forceFlush();
     return { perSec, spansPerMessage: exporter.spans / messages };
   } finally {
@@ -66,7 +66,7 @@ export async function tracingBench(messages: number, runs: number): Promise<Trac
     const onPerSec: number[] = [];
     const spansPerMessage: number[] = [];
     // warm-up, not measured
-    await troupeOnNats(server.url, messages / 4, 100, 1000);
+    await troupeOnNats(server.url, messages / 4, 100, 1000, true);
     await traced(server.url, messages / 4, 1001);
     for (let r = 0; r < runs; r++) {
       // alternate which goes first, so drift in the machine falls on both alike
@@ -76,7 +76,7 @@ export async function tracingBench(messages: number, runs: number): Promise<Trac
         spansPerMessage.push(t.spansPerMessage);
       };
       const off = async () => {
-        offPerSec.push(await troupeOnNats(server.url, messages, 100, 3000 + r));
+        offPerSec.push(await troupeOnNats(server.url, messages, 100, 3000 + r, true));
       };
       if (r % 2 === 0) {
         await off();
