@@ -364,13 +364,10 @@ async function main(): Promise<void> {
       const peak = (pick: (w: WorkerSample) => number) =>
         Math.max(...r.samples.flatMap((x) => x.workers.map(pick)).filter(Number.isFinite));
       const last = r.samples[r.samples.length - 1];
-      // the series at each tenth of the agents sent (and the end)
-      const series = r.samples.filter(
-        (x, i, all) =>
-          i === all.length - 1 ||
-          Math.floor((10 * x.sent) / agents) !==
-            Math.floor((10 * (all[i - 1]?.sent ?? -1)) / agents),
-      );
+      // about ten rows: the samples with a live-set reading, evenly spaced, and the last
+      const withGc = r.samples.filter((x) => x.workers[0]?.liveBytes !== undefined);
+      const step = Math.max(1, Math.ceil(withGc.length / 10));
+      const series = withGc.filter((_, i) => i % step === 0 || i === withGc.length - 1);
       manyAgents = {
         agents,
         idleMs,
