@@ -265,6 +265,28 @@ describe("runtime (embedded)", () => {
     await runtime.shutdown();
   });
 
+  it("sweeps as often as the shortest idle timeout of a type needs, not only the runtime's", async () => {
+    const { createManualClock, defineAgent } = await import("../src/index.js");
+    const clock = createManualClock();
+    const brief = defineAgent({ type: "brief", machine: counter.machine, idleTimeoutMs: 200 });
+    // the runtime's own timeout is long (its sweep alone would run every 5 s)
+    const runtime = await createRuntime({
+      agents: [counter, brief],
+      idleTimeoutMs: 60_000,
+      clock,
+    });
+    await runtime.ref("brief", "b").send({ type: "inc", by: 1 });
+    await runtime.ref("counter", "c").send({ type: "inc", by: 1 });
+    await runtime.settled();
+    await clock.advance(300);
+    await runtime.settled();
+    // idle 300 ms ≥ 200: gone by the sweep at 300 ms (every 100 ms); the other stays
+    expect((await runtime.ref("brief", "b").status()).state).toBe("BOUND");
+    expect((await runtime.ref("counter", "c").status()).state).toBe("ACTIVE");
+    expect(runtime.stats().passivations).toBe(1);
+    await runtime.shutdown();
+  });
+
   it("shutdown persists everything; a new runtime on the same backend carries on", async () => {
     const backend = createEmbeddedBackend();
     const r1 = await createRuntime({ agents: [counter], backend });
