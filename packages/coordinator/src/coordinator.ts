@@ -368,6 +368,20 @@ interface DutyOptions {
   statusOf(): Promise<ClusterStatus>;
 }
 
+/**
+ * When the leader counts a member's heartbeat as made, on its own clock. A heartbeat it sees
+ * arrive counts from its arrival: the worker's `heartbeatAt` is the worker's clock, and a
+ * worker whose clock ran behind looked dead however often it beat (ahead: a dead one looked
+ * alive for as long). The worker fences itself by its own clock from the same beats, and a
+ * beat arrives after it was stored, so it always stops before the leader hands its shards
+ * on. Entries already there when the leader starts can only be judged by their stamp, never
+ * later than now.
+ */
+function seenAt(m: MemberEntry, arrivedNow: boolean): number {
+  const now = Date.now();
+  return arrivedNow ? now : Math.min(m.heartbeatAt, now);
+}
+
 /** What the leader does while it leads: follow members and releases, assign, answer status. */
 class LeaderDuty {
   readonly #o: DutyOptions;
@@ -401,6 +415,7 @@ class LeaderDuty {
         {},
         (e) => {
           const m = isLive(e) ? decodeMember(e.value) : undefined;
+          if (m !== undefined) m.heartbeatAt = seenAt(m, e.isUpdate);
           const before = this.#members.get(e.key)?.value;
           if (track(this.#members, e.key, e.revision, m) && this.#changesLiveness(before, m)) {
             this.#kick();
@@ -427,7 +442,11 @@ class LeaderDuty {
       this.#loadAssignment(),
     ]);
     if (this.#stopped) return;
-    for (const e of memberEntries) track(this.#members, e.key, e.revision, decodeMember(e.value));
+    for (const e of memberEntries) {
+      const m = decodeMember(e.value);
+      if (m !== undefined) m.heartbeatAt = seenAt(m, false);
+      track(this.#members, e.key, e.revision, m);
+    }
     for (const e of releaseEntries)
       track(this.#releases, e.key, e.revision, decodeRelease(e.value));
     this.#assignment = assignment;

@@ -245,6 +245,66 @@ describe("assignment", () => {
   });
 });
 
+describe("clock skew", () => {
+  it("judges liveness by when the leader saw each heartbeat, not by the worker's own clock", async () => {
+    const namespace = "skew";
+    const leaseMs = 600;
+    const nc = await natsConnection();
+    await ensureNamespace(nc, { namespace, shardCount: 6 });
+    const { c } = await startCoordinator(namespace, "coord", leaseMs);
+    await startWorker(namespace, "alive", leaseMs);
+    const { members: bucket } = await (await import("../src/internal.js")).openClusterBuckets(
+      nc,
+      namespace,
+    );
+    const HOUR = 3_600_000;
+    // two "workers" beating with clocks an hour off: one behind, one ahead
+    const beating = new Map<string, number>([
+      ["behind", -HOUR],
+      ["ahead", HOUR],
+    ]);
+    const beat = async () => {
+      for (const [id, skew] of beating) {
+        await bucket.put(
+          id,
+          JSON.stringify({
+            id,
+            pid: 1,
+            host: "x",
+            startedAt: Date.now() + skew,
+            heartbeatAt: Date.now() + skew,
+            agentTypes: [],
+            activeAgents: 0,
+            draining: false,
+          }),
+        );
+      }
+    };
+    const timer = setInterval(() => void beat().catch(() => {}), 100);
+    cleanups.push(async () => clearInterval(timer));
+    await beat();
+    // behind by an hour, yet alive: it gets its share (its stamps alone say dead for an hour)
+    const shared = await waitFor("the skewed workers to get shards", async () => {
+      const st = await c.status();
+      return ["alive", "behind", "ahead"].every((id) => shardsOf(st, id)?.length === 2)
+        ? st
+        : undefined;
+    });
+    expect(shardsOf(shared, "behind")).toHaveLength(2);
+    // ahead by an hour and then gone: its shards move once the lease runs out, not in an hour
+    beating.delete("ahead");
+    const after = await waitFor("the silent worker's shards to move", async () => {
+      const st = await c.status();
+      return (shardsOf(st, "ahead")?.length ?? 0) === 0 &&
+        st.unassigned.length === 0 &&
+        (shardsOf(st, "alive")?.length ?? 0) + (shardsOf(st, "behind")?.length ?? 0) === 6
+        ? st
+        : undefined;
+    });
+    expect(shardsOf(after, "behind")!.length).toBeGreaterThan(0);
+  });
+});
+
 describe("graceful leave", () => {
   it("moves every shard of a leaving worker while messages keep flowing, counts exact", async () => {
     const namespace = "leave";
