@@ -41,6 +41,7 @@ import type {
   SnapshotStore,
   StoredSnapshot,
 } from "@troupe/runtime";
+import { recordCodec } from "@troupe/runtime/internal";
 import {
   DEFAULT_LIMITS,
   type DecodeLimits,
@@ -53,7 +54,6 @@ import {
   type TraceContext,
   TroupeError,
 } from "@troupe/wire";
-import { Packr } from "msgpackr";
 import {
   describeNatsError,
   isClosed,
@@ -200,17 +200,6 @@ export interface NatsBackend extends Backend {
   ownedShards(): number[];
   stats(): Readonly<NatsBackendStats>;
 }
-
-// Exactly the codec of the embedded backend: records must restore the same way on either.
-const recordCodec = new Packr({
-  useRecords: false,
-  moreTypes: true,
-  structuredClone: false,
-  // msgpackr would quietly write a function as nothing: state with one cannot be restored
-  writeFunction: () => {
-    throw new TypeError("a function cannot be stored in a snapshot");
-  },
-});
 
 const HEADER_PREAMBLE = "NATS/1.0\r\n".length + 2;
 const headerBytes = (name: string, value: string) => name.length + 2 + Buffer.byteLength(value) + 2;
@@ -1849,34 +1838,8 @@ export class NatsBackendImpl implements NatsBackend {
 
   async #hold(message: HeldMessage): Promise<void> {
     const { to, sequence } = message;
-    let payload: Uint8Array;
-    try {
-      payload = message.bytes ?? encodeFrame(message.frame!, this.limits);
-    } catch (e) {
-      throw new TroupeError(
-        ErrorCode.INVALID_ARGUMENT,
-        `cannot hold message ${sequence} for ${to}: ${messageOf(e)}`,
-        { cause: e, details: { to, sequence } },
-      );
-    }
-    const h = natsHeaders();
-    h.set(HELD_HEADER, "quarantine");
-    h.set("Troupe-Sequence", String(sequence));
+    const { payload, headers: h } = this.#heldPart(message);
     const msgID = `held:${sequence}`;
-    if (
-      payload.length +
-        HEADER_PREAMBLE +
-        headerBytes("Nats-Msg-Id", msgID) +
-        headerBytes(HELD_HEADER, "quarantine") +
-        headerBytes("Troupe-Sequence", String(sequence)) >
-      this.maxPayload
-    ) {
-      throw new TroupeError(
-        ErrorCode.LIMIT_EXCEEDED,
-        `message ${sequence} for ${to} is too large to hold next to its headers (max_payload ${this.maxPayload})`,
-        { details: { to, sequence, bytes: payload.length, limit: "max_payload" } },
-      );
-    }
     const subject = this.names.heldSubject(subjectToken(to));
     const deadline = Date.now() + this.#appendTimeoutMs;
     for (let attempt = 1; ; attempt++) {

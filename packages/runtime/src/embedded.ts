@@ -4,7 +4,6 @@
  * dedup window, compare-and-set snapshots). The default when no NATS is configured.
  */
 import { ErrorCode, type Frame, TroupeError } from "@troupe/wire";
-import { Packr } from "msgpackr";
 import type {
   AppendResult,
   Backend,
@@ -21,6 +20,7 @@ import type {
   StoredSnapshot,
 } from "./backend.js";
 import { type Clock, systemClock } from "./clock.js";
+import { recordCodec } from "./records.js";
 
 export interface EmbeddedBackendOptions {
   /** Message ids remembered for dedup, ms. Default 2 minutes (JetStream's default). */
@@ -35,18 +35,6 @@ export interface EmbeddedBackend extends Backend {
   /** Messages appended but not yet acknowledged. */
   readonly unacknowledged: number;
 }
-
-// Records are stored encoded: proves they are serialisable (as they must be for NATS KV)
-// and keeps callers from sharing mutable objects with the store.
-const recordCodec = new Packr({
-  useRecords: false,
-  moreTypes: true,
-  structuredClone: false,
-  // msgpackr would quietly write a function as nothing: state with one cannot be restored
-  writeFunction: () => {
-    throw new TypeError("a function cannot be stored in a snapshot");
-  },
-});
 
 /** One inbox message; it is its own Delivery (no per-delivery allocation on the hot path). */
 class Entry implements Delivery {

@@ -5,4 +5,5 @@ export { AgentHost, Host } from "./host.js";
 export * from "./index.js";
 export type { Kernel, ResolvedConfig } from "./kernel.js";
 export { Pipeline } from "./pipeline.js";
+export { recordCodec } from "./records.js";
 export { RuntimeCore } from "./runtime.js";
