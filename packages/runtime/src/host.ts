@@ -31,6 +31,7 @@ import { findInlineChildren } from "./agent.js";
 import type {
   Delivery,
   HeldMessage,
+  Outgoing,
   ParkingLot,
   QuarantineEntry,
   SnapshotRecord,
@@ -443,8 +444,13 @@ export abstract class Host implements Emitter {
     const outputs = this.outputs;
     this.outputs = [];
     const last = done.length > 0 ? done[done.length - 1]!.sequence : this.lastSequence;
+    let prepared: Outgoing[] | undefined;
     if (changed || outputs.length > 0 || last !== this.lastSequence) {
       try {
+        // what goes out is encoded (or sealed) before the state that sent it is stored: an
+        // output that can never go must not reach the outbox, which every activation sends
+        // again; it fails this batch like a state that cannot be stored
+        prepared = this.kernel.prepare(outputs);
         await this.persist(outputs, Math.max(last, this.lastSequence));
       } catch (e) {
         if (isTransient(e)) {
@@ -470,7 +476,7 @@ export abstract class Host implements Emitter {
     }
     this.lastSequence = Math.max(last, this.lastSequence);
     try {
-      await this.kernel.publish(outputs);
+      await this.kernel.publish(outputs, prepared);
     } catch (e) {
       // Stored but not (all) published: the outbox in the snapshot has them. The batch goes
       // back in line; after the reset the snapshot covers it (skipped, acknowledged) and the

@@ -1,7 +1,7 @@
 /** The runtime's internals as hosts and stages see them. */
 import type { Attributes } from "@opentelemetry/api";
 import type { DecodeLimits, Frame, TroupeError } from "@troupe/wire";
-import type { Backend } from "./backend.js";
+import type { Backend, Outgoing } from "./backend.js";
 import type { Clock } from "./clock.js";
 import type { Host } from "./host.js";
 import type { Limiter } from "./limiter.js";
@@ -81,7 +81,12 @@ export interface Kernel {
   /** Slots for activations reading their stored state (`maxConcurrentActivations`). */
   readonly activations: Limiter;
   /** Publish agents' outputs: durable ones appended in order, direct ones sent. */
-  publish(frames: Frame[]): Promise<void>;
+  publish(frames: Frame[], prepared?: Outgoing[]): Promise<void>;
+  /**
+   * What `publish` sends for each frame, made now: throws for a frame that can never go out
+   * (it cannot be encoded or sealed), before the state that sent it is stored.
+   */
+  prepare(frames: Frame[]): Outgoing[];
   sleep(ms: number): Promise<void>;
   /** The host stopped itself (failure): drop it so the next message activates afresh. */
   forget(host: Host): void;

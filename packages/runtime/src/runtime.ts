@@ -13,6 +13,7 @@ import {
   type Envelope,
   ErrorCode,
   type ErrorInfo,
+  encodeFrame,
   type Frame,
   type FrameKind,
   fromErrorInfo,
@@ -384,18 +385,45 @@ export class RuntimeCore implements Kernel, Runtime {
 
   // --- Kernel ----------------------------------------------------------------------------
 
-  async publish(frames: Frame[]): Promise<void> {
+  /**
+   * Each frame as it goes to the backend: sealed when this runtime seals, encoded when the
+   * backend takes bytes anyway (not the embedded one, which passes frames by reference).
+   * Throws what encoding throws (INVALID_ARGUMENT, LIMIT_EXCEEDED) for a frame that cannot go.
+   */
+  #outgoing(f: Frame): Outgoing {
+    if (this.#sealing !== undefined) return this.#sealing.seal(f);
+    if (this.backend.kind === "embedded") return { frame: f };
+    return { bytes: encodeFrame(f, this.config.limits), envelope: f.envelope };
+  }
+
+  prepare(frames: Frame[]): Outgoing[] {
+    const out: Outgoing[] = [];
+    for (const f of frames) {
+      try {
+        out.push(this.#outgoing(f));
+      } catch (e) {
+        const cause = e instanceof TroupeError ? e : undefined;
+        throw new TroupeError(
+          cause?.code ?? ErrorCode.INVALID_ARGUMENT,
+          `a message to ${f.envelope.to} cannot be sent: ${e instanceof Error ? e.message : String(e)}`,
+          { cause: e },
+        );
+      }
+    }
+    return out;
+  }
+
+  async publish(frames: Frame[], prepared?: Outgoing[]): Promise<void> {
     if (frames.length === 0) return;
     // appends are issued in order without waiting one by one: the inbox keeps their order
     const acks: Promise<unknown>[] = [];
-    const sealing = this.#sealing;
-    for (const f of frames) {
+    for (let i = 0; i < frames.length; i++) {
+      const f = frames[i]!;
       this.counters.published++;
-      let out: Outgoing;
-      if (sealing === undefined) out = { frame: f };
-      else {
+      let out = prepared?.[i];
+      if (out === undefined) {
         try {
-          out = sealing.seal(f);
+          out = this.#outgoing(f);
         } catch (e) {
           acks.push(Promise.reject(e));
           continue;

@@ -96,6 +96,38 @@ describe("faults", () => {
     await runtime.shutdown();
   });
 
+  it("an output that cannot be encoded quarantines its sender; it never reaches the outbox", async () => {
+    // a Date is fine in an embedded event (passed by reference) but not in a frame: with
+    // sealing on, every output is encoded, and this one cannot be
+    const machine = setup({}).createMachine({
+      on: {
+        go: {
+          actions: sendToAgent("counter", "sink", () => ({ type: "inc", by: 1, at: new Date() })),
+        },
+      },
+    });
+    const bad = defineAgent({ type: "bad", machine });
+    const backend = createEmbeddedBackend();
+    const runtime = await createRuntime({
+      agents: [bad, counter],
+      backend,
+      retryDelayMs: 1,
+      sealing: { keys: { k: new Uint8Array(32).fill(7) } },
+    });
+    await runtime.ref("bad", "b").send({ type: "go" });
+    await runtime.settled();
+    const status = await runtime.ref("bad", "b").status();
+    expect(status.state).toBe("QUARANTINED");
+    const [entry] = await runtime.quarantined();
+    expect(entry?.address).toBe("bad/b");
+    expect(entry?.reason).toMatch(/cannot be sent/);
+    // the message is held, nothing was published, no snapshot carries the output
+    expect(status.pendingMessageCount).toBe(1);
+    expect(runtime.stats().published).toBe(0);
+    expect((await backend.snapshots.get("bad/b"))?.record.outbox ?? []).toEqual([]);
+    await runtime.shutdown();
+  });
+
   it("messages to unknown agent types are parked and the sender told, not retried", async () => {
     const caller = defineAgent({
       type: "caller",
