@@ -4,10 +4,9 @@
  * when scraped (docs/operations.md lists the metrics).
  */
 import { type ClusterStatus, listQuarantined, type QuarantinedReply } from "@troupe/coordinator";
-import { parseHttpPort, type Readiness, type RenderedMetrics, serveProbes } from "@troupe/probes";
+import { type Readiness, type RenderedMetrics, serveProbes } from "@troupe/probes";
 import type { Logger } from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
-import { InvalidArgumentError } from "commander";
 import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import type { RunningCoordinator } from "./service.js";
 
@@ -54,14 +53,8 @@ export function coordinatorReadiness(state: CoordinatorProbeState): Readiness {
   return { ready: true, details };
 }
 
-/** `--http-port` for commander: a port number (0: any free port) or `off`. */
-export function httpPort(value: string): number | "off" {
-  try {
-    return parseHttpPort(value);
-  } catch (e) {
-    throw new InvalidArgumentError((e as Error).message);
-  }
-}
+/** `--http-port` for commander (shared with the worker). */
+export { httpPort } from "@troupe/probes";
 
 /** What the leader reads once per scrape; a standby reads nothing. */
 interface LeaderView {

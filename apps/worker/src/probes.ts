@@ -3,9 +3,8 @@
  * connection, Prometheus metrics read from the libraries' counters when scraped
  * (docs/operations.md lists them).
  */
-import { parseHttpPort, type Readiness, type RenderedMetrics, serveProbes } from "@troupe/probes";
+import { type Readiness, type RenderedMetrics, serveProbes } from "@troupe/probes";
 import type { HandledMessage, Logger } from "@troupe/runtime";
-import { InvalidArgumentError } from "commander";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { RunningWorker } from "./worker.js";
 
@@ -236,14 +235,7 @@ export function createWorkerMetrics(state: WorkerProbeState): WorkerMetrics {
   };
 }
 
-/** `--http-port` for commander: a port number (0: any free port) or `off`. */
-export function httpPort(value: string): number | "off" {
-  try {
-    return parseHttpPort(value);
-  } catch (e) {
-    throw new InvalidArgumentError((e as Error).message);
-  }
-}
+export { httpPort } from "@troupe/probes";
 
 export interface WorkerProbes {
   readonly metrics: WorkerMetrics;

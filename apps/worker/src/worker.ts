@@ -113,22 +113,18 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       await runtime.shutdown().catch(() => {});
       throw e;
     }
-    const replaySub = serveReplay({
+    // the worker's control subjects: replay and quarantine answer for the shards it owns
+    const control = {
       nc,
       namespace: options.namespace,
       workerId: membership.id,
       runtime,
       shardCount,
       ownedShards: () => membership.ownedShards(),
-      logger: log.child({ component: "replay" }),
-    });
+    };
+    const replaySub = serveReplay({ ...control, logger: log.child({ component: "replay" }) });
     const quarantineControl = serveWorkerQuarantine({
-      nc,
-      namespace: options.namespace,
-      workerId: membership.id,
-      runtime,
-      shardCount,
-      ownedShards: () => membership.ownedShards(),
+      ...control,
       logger: log.child({ component: "quarantine" }),
     });
     log.info(

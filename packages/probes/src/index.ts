@@ -2,10 +2,23 @@
  * @troupe/probes — the HTTP endpoints orchestrators and Prometheus read from a Troupe process:
  * `/healthz`, `/readyz` and `/metrics`. What "ready" means and how metrics are rendered is the
  * process's business (it passes functions); this package has no metrics library of its own.
+ * Also what the processes share around them: common options, logger, exit codes, signals.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ErrorCode, TroupeError } from "@troupe/wire";
+
+export {
+  EXIT_CONFIG,
+  httpPort,
+  intAtLeast,
+  type ProcessOptionValues,
+  parseHttpPort,
+  processOptions,
+  splitList,
+  startProcess,
+  type TroupeProcess,
+} from "./process.js";
 
 /** The logger shape the process passes (pino's, the runtime's). */
 export interface ProbeLogger {
@@ -48,19 +61,6 @@ export interface ProbeServer {
 }
 
 const JSON_TYPE = "application/json; charset=utf-8";
-
-/**
- * `--http-port` as the processes take it: a port number (0: any free port) or `off`.
- * Throws a RangeError saying what is wanted (the CLI layer turns it into a usage error).
- */
-export function parseHttpPort(value: string): number | "off" {
-  if (value.trim().toLowerCase() === "off") return "off";
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isSafeInteger(n) || n < 0 || n > 65_535) {
-    throw new RangeError("must be a port number (0-65535; 0: any free port) or off");
-  }
-  return n;
-}
 
 /**
  * The probe server a process runs, or none when `port` is undefined (off); logs which.
