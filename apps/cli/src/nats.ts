@@ -1,6 +1,6 @@
 /** A short-lived NATS connection for one command: fails fast instead of retrying for ever. */
 
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, errors, type NatsConnection } from "@nats-io/transport-node";
 import { messageOf } from "./format.js";
 import { failure } from "./io.js";
 import type { Settings } from "./settings.js";
@@ -16,4 +16,21 @@ export async function openNats(settings: Settings, timeoutMs = 3000): Promise<Na
   } catch (e) {
     throw failure(`cannot connect to NATS at ${settings.natsUrl}: ${messageOf(e)}`, { cause: e });
   }
+}
+
+/** A request nobody serves: no coordinator (or worker) listens on the subject. */
+export function isNoResponders(e: unknown): boolean {
+  return (
+    e instanceof errors.NoRespondersError ||
+    (e instanceof errors.RequestError && e.isNoResponders()) ||
+    (e instanceof Error && e.cause instanceof errors.NoRespondersError)
+  );
+}
+
+/** A request that got no reply in time. */
+export function isTimeout(e: unknown): boolean {
+  return (
+    e instanceof errors.TimeoutError ||
+    (e instanceof Error && e.cause instanceof errors.TimeoutError)
+  );
 }

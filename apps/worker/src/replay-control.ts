@@ -4,37 +4,10 @@
  * live activation elsewhere.
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import { workerControlSubject } from "@troupe/coordinator";
+import { type ReplayReply, type ReplayRequest, workerControlSubject } from "@troupe/coordinator";
 import { shardOfAddress } from "@troupe/nats";
 import type { Logger, ReplayStep, Runtime } from "@troupe/runtime";
 import { ErrorCode, isTroupeError, parseAgentAddress, TroupeError } from "@troupe/wire";
-
-/** The request: JSON. */
-export interface ReplayControlRequest {
-  address: string;
-  fromSequence?: number;
-  dryRun?: boolean;
-  /** Steps to send back (the last ones), default 1,000: a reply must fit one NATS message. */
-  limit?: number;
-}
-
-/** The answer: JSON, or `{ error: { code, message } }`. */
-export interface ReplayControlReply {
-  address: string;
-  worker: string;
-  dryRun: boolean;
-  stored: boolean;
-  fromSequence: number;
-  toSequence: number;
-  /** Steps replayed in all; `steps` holds the last `limit` of them. */
-  total: number;
-  failed: number;
-  steps: ReplayStep[];
-  /** The machine's state value and context at the end. */
-  final: { value: unknown; context: unknown };
-  /** Set when the steps did not fit in one NATS message and were left out. */
-  truncated?: boolean;
-}
 
 const DEFAULT_LIMIT = 1_000;
 
@@ -81,7 +54,7 @@ export function serveReplay(options: {
             },
           });
           const snapshot = report.snapshot as { value?: unknown; context?: unknown } | undefined;
-          const reply: ReplayControlReply = {
+          const reply: ReplayReply = {
             address: req.address,
             worker: options.workerId,
             dryRun: report.dryRun,
@@ -96,7 +69,7 @@ export function serveReplay(options: {
           let bytes = json(reply);
           if (bytes.length > nc.info!.max_payload) {
             // too many or too large steps for one message: the summary still goes back
-            bytes = json({ ...reply, steps: [], truncated: true } satisfies ReplayControlReply);
+            bytes = json({ ...reply, steps: [], truncated: true } satisfies ReplayReply);
           }
           msg.respond(bytes);
         } catch (e) {
@@ -110,14 +83,14 @@ export function serveReplay(options: {
   });
 }
 
-function parseRequest(data: Uint8Array): ReplayControlRequest {
+function parseRequest(data: Uint8Array): ReplayRequest {
   let v: unknown;
   try {
     v = JSON.parse(new TextDecoder().decode(data));
   } catch {
     throw new TroupeError(ErrorCode.INVALID_ARGUMENT, "a replay request is a JSON object");
   }
-  const r = v as Partial<ReplayControlRequest> | null;
+  const r = v as Partial<ReplayRequest> | null;
   if (r === null || typeof r !== "object" || typeof r.address !== "string") {
     throw new TroupeError(ErrorCode.INVALID_ARGUMENT, 'a replay request needs "address"');
   }
@@ -129,7 +102,7 @@ function parseRequest(data: Uint8Array): ReplayControlRequest {
   };
   whole("fromSequence", r.fromSequence, 1);
   whole("limit", r.limit, 0);
-  const out: ReplayControlRequest = { address: r.address, dryRun: r.dryRun === true };
+  const out: ReplayRequest = { address: r.address, dryRun: r.dryRun === true };
   if (r.fromSequence !== undefined) out.fromSequence = r.fromSequence;
   if (r.limit !== undefined) out.limit = r.limit;
   return out;

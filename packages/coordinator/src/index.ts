@@ -12,6 +12,8 @@ export type {
   LeaderLease,
   MemberEntry,
   ReleaseConfirmation,
+  ReplayReply,
+  ReplayRequest,
   ShardAssignment,
   WorkerStatus,
   WorkerSummary,

@@ -3,6 +3,7 @@
  * assignment, release confirmations and the control API's answers, with their JSON codecs.
  */
 import { namespaceNames } from "@troupe/nats/internal";
+import type { ReplayStep } from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
 
 /** A worker's entry in `troupe_<ns>_members`, put every heartbeat. */
@@ -263,4 +264,30 @@ export function buildClusterStatus(input: {
     workers,
     unassigned,
   };
+}
+/** `ctl.worker.<id>.replay` request, served by the worker that owns the agent's shard. */
+export interface ReplayRequest {
+  address: string;
+  fromSequence?: number;
+  dryRun?: boolean;
+  /** Steps to send back (the last ones), default 1,000: a reply must fit one NATS message. */
+  limit?: number;
+}
+
+/** `ctl.worker.<id>.replay` answer, or `{ error: { code, message } }`. */
+export interface ReplayReply {
+  address: string;
+  worker: string;
+  dryRun: boolean;
+  stored: boolean;
+  fromSequence: number;
+  toSequence: number;
+  /** Steps replayed in all; `steps` holds the last `limit` of them. */
+  total: number;
+  failed: number;
+  steps: ReplayStep[];
+  /** The machine's state value and context at the end. */
+  final: { value: unknown; context: unknown };
+  /** Set when the steps did not fit in one NATS message and were left out. */
+  truncated?: boolean;
 }

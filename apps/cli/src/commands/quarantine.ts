@@ -4,11 +4,19 @@
  */
 
 import type { NatsConnection } from "@nats-io/transport-node";
-import { errors } from "@nats-io/transport-node";
+import {
+  controlSubject,
+  type QuarantinedAgent,
+  type QuarantinedReply,
+  type QuarantineReply,
+  type QuarantineRequest,
+  type ReleaseReply,
+  type ReleaseRequest,
+} from "@troupe/coordinator";
 import { duration, messageOf, table } from "../format.js";
 import { failure, type Io, usageError, writeLine } from "../io.js";
 import { parseAddress } from "../message.js";
-import { openNats } from "../nats.js";
+import { isNoResponders, isTimeout, openNats } from "../nats.js";
 import { type GlobalOptions, resolveSettings, type Settings } from "../settings.js";
 
 export interface QuarantineOptions extends GlobalOptions {
@@ -17,44 +25,30 @@ export interface QuarantineOptions extends GlobalOptions {
   timeout?: number;
 }
 
-/** One entry of the `ctl.quarantined` reply. */
-export interface QuarantinedAgent {
-  address: string;
-  reason: string;
-  by: "auto" | "manual";
-  since: number;
-  releasing?: number;
-  held: number;
-}
-
-/** Asks the leader; an `{ error }` reply becomes a failure printed as its code and message. */
-async function ask(
+/**
+ * Asks the leader; an `{ error }` reply becomes a failure printed as its code and message.
+ * The reply's fields may be missing (an older or newer coordinator), hence Partial.
+ */
+async function ask<Reply>(
   nc: NatsConnection,
   settings: Settings,
   verb: string,
   body: object,
   timeoutMs: number,
-): Promise<{ text: string; reply: Record<string, unknown> }> {
+): Promise<{ text: string; reply: Partial<Reply> }> {
   let data: Uint8Array;
   try {
-    const msg = await nc.request(`troupe.${settings.namespace}.ctl.${verb}`, JSON.stringify(body), {
+    const msg = await nc.request(controlSubject(settings.namespace, verb), JSON.stringify(body), {
       timeout: timeoutMs,
     });
     data = msg.data;
   } catch (e) {
-    const noResponders =
-      e instanceof errors.NoRespondersError ||
-      (e instanceof errors.RequestError && e.isNoResponders()) ||
-      (e instanceof Error && e.cause instanceof errors.NoRespondersError);
-    if (noResponders) {
+    if (isNoResponders(e)) {
       throw failure(
         `no coordinator is running in namespace ${settings.namespace} at ${settings.natsUrl}`,
       );
     }
-    if (
-      e instanceof errors.TimeoutError ||
-      (e instanceof Error && e.cause instanceof errors.TimeoutError)
-    ) {
+    if (isTimeout(e)) {
       throw failure(
         `the coordinator of namespace ${settings.namespace} did not answer within ${timeoutMs} ms`,
       );
@@ -73,7 +67,7 @@ async function ask(
   if (error !== undefined && error !== null) {
     throw failure(`${String(error.code)}: ${String(error.message)}`);
   }
-  return { text, reply: r };
+  return { text, reply: r as Partial<Reply> };
 }
 
 async function withNats<T>(
@@ -99,11 +93,12 @@ export async function quarantine(
   const reason = options.reason?.trim() ?? "";
   if (reason === "") throw usageError('--reason must say why (e.g. --reason "bad input")');
   return withNats(options, io, async (nc, settings) => {
-    const { text, reply } = await ask(
+    const request: QuarantineRequest = { address: `${type}/${key}`, reason };
+    const { text, reply } = await ask<QuarantineReply>(
       nc,
       settings,
       "quarantine",
-      { address: `${type}/${key}`, reason },
+      request,
       options.timeout ?? 10_000,
     );
     if (options.json) writeLine(io.stdout, text.trim());
@@ -122,11 +117,12 @@ export async function release(
     ? address
     : (({ type, key }) => `${type}/${key}`)(parseAddress(address));
   return withNats(options, io, async (nc, settings) => {
-    const { text, reply } = await ask(
+    const request: ReleaseRequest = { address: target };
+    const { text, reply } = await ask<ReleaseReply>(
       nc,
       settings,
       "release",
-      { address: target },
+      request,
       options.timeout ?? 10_000,
     );
     if (options.json) writeLine(io.stdout, text.trim());
@@ -143,12 +139,18 @@ export async function release(
 
 export async function quarantined(options: QuarantineOptions, io: Io): Promise<number> {
   return withNats(options, io, async (nc, settings) => {
-    const { text, reply } = await ask(nc, settings, "quarantined", {}, options.timeout ?? 10_000);
+    const { text, reply } = await ask<QuarantinedReply>(
+      nc,
+      settings,
+      "quarantined",
+      {},
+      options.timeout ?? 10_000,
+    );
     if (options.json) {
       writeLine(io.stdout, text.trim());
       return 0;
     }
-    const agents = (Array.isArray(reply.agents) ? reply.agents : []) as QuarantinedAgent[];
+    const agents = Array.isArray(reply.agents) ? reply.agents : [];
     writeLine(io.stdout, renderQuarantined(agents, settings.namespace, Date.now()));
     return 0;
   });

@@ -4,12 +4,17 @@
  * led to and changes nothing; without it the agent's stored state is rebuilt.
  */
 
-import { errors } from "@nats-io/transport-node";
+import {
+  type ControlError,
+  type ReplayReply,
+  type ReplayRequest,
+  workerControlSubject,
+} from "@troupe/coordinator";
 import { shardOfAddress } from "@troupe/nats";
 import { messageOf } from "../format.js";
 import { failure, type Io, usageError, writeLine } from "../io.js";
 import { parseAddress, toJson } from "../message.js";
-import { openNats } from "../nats.js";
+import { isTimeout, openNats } from "../nats.js";
 import { type GlobalOptions, resolveSettings } from "../settings.js";
 import { requestStatus } from "./status.js";
 
@@ -19,32 +24,6 @@ export interface ReplayOptions extends GlobalOptions {
   json?: boolean;
   limit?: number;
   timeout?: number;
-}
-
-interface Step {
-  sequence: number;
-  from: string;
-  kind: string;
-  event: unknown;
-  outcome: "applied" | "rejected" | "failed";
-  error?: string;
-  value: unknown;
-  context: unknown;
-  outputs: Array<{ to: string; kind: string; payload: unknown }>;
-}
-
-interface Reply {
-  address: string;
-  worker: string;
-  dryRun: boolean;
-  stored: boolean;
-  fromSequence: number;
-  toSequence: number;
-  total: number;
-  failed: number;
-  steps: Step[];
-  truncated?: boolean;
-  final: { value: unknown; context: unknown };
 }
 
 export async function replay(address: string, options: ReplayOptions, io: Io): Promise<number> {
@@ -65,7 +44,7 @@ export async function replay(address: string, options: ReplayOptions, io: Io): P
         `no worker owns shard ${shard} of ${agent} right now (troupe status shows the assignment)`,
       );
     }
-    const request = {
+    const request: ReplayRequest = {
       address: agent,
       dryRun: options.dryRun === true,
       ...(options.fromSeq === undefined ? {} : { fromSequence: options.fromSeq }),
@@ -74,23 +53,20 @@ export async function replay(address: string, options: ReplayOptions, io: Io): P
     let text: string;
     try {
       const msg = await nc.request(
-        `troupe.${settings.namespace}.ctl.worker.${owner.id}.replay`,
+        workerControlSubject(settings.namespace, owner.id, "replay"),
         JSON.stringify(request),
         { timeout: timeoutMs },
       );
       text = new TextDecoder().decode(msg.data);
     } catch (e) {
-      const timedOut =
-        e instanceof errors.TimeoutError ||
-        (e instanceof Error && e.cause instanceof errors.TimeoutError);
       throw failure(
-        timedOut
+        isTimeout(e)
           ? `worker ${owner.id} did not finish the replay of ${agent} within ${timeoutMs} ms (a longer --timeout may help)`
           : `replay request to worker ${owner.id} failed: ${messageOf(e)}`,
         { cause: e },
       );
     }
-    let reply: Reply | { error: { code: string; message: string } };
+    let reply: ReplayReply | ControlError;
     try {
       reply = JSON.parse(text) as typeof reply;
     } catch (e) {
@@ -117,7 +93,7 @@ const short = (v: unknown, max = 90): string => {
 };
 
 /** One line per step: sequence, sender, kind, event ⇒ state; what it would have sent. */
-export function render(r: Reply): string {
+export function render(r: ReplayReply): string {
   const lines: string[] = [];
   const range = r.toSequence >= r.fromSequence ? `${r.fromSequence}..${r.toSequence}` : "none";
   lines.push(

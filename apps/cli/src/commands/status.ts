@@ -1,36 +1,26 @@
 /** `troupe status`: asks the coordinator leader (`troupe.<ns>.ctl.status`) who runs what. */
 
 import type { NatsConnection } from "@nats-io/transport-node";
-import { errors } from "@nats-io/transport-node";
+import {
+  type ClusterStatus as CoordinatorStatus,
+  controlSubject,
+  type WorkerSummary,
+} from "@troupe/coordinator";
 import { duration, messageOf, shardRanges, table } from "../format.js";
 import { failure, type Io, writeLine } from "../io.js";
-import { openNats } from "../nats.js";
+import { isNoResponders, isTimeout, openNats } from "../nats.js";
 import { type GlobalOptions, resolveSettings, type Settings } from "../settings.js";
 
-/** The reply of `troupe.<ns>.ctl.status` (docs/cluster.md). */
-export interface ClusterStatus {
-  namespace: string;
-  shardCount: number;
-  leader: string | null;
-  epoch: number;
-  workers: WorkerStatus[];
-  unassigned: number[];
-}
-
-export interface WorkerStatus {
-  id: string;
-  shards: number[];
-  activeAgents: number;
-  heartbeatAgeMs: number;
-  draining: boolean;
-}
+/** The part of the `ctl.status` reply (docs/cluster.md) the CLI reads. */
+export type ClusterStatus = Pick<
+  CoordinatorStatus,
+  "namespace" | "shardCount" | "leader" | "epoch" | "workers" | "unassigned"
+>;
 
 export interface StatusOptions extends GlobalOptions {
   json?: boolean;
   timeout?: number;
 }
-
-export const statusSubject = (namespace: string): string => `troupe.${namespace}.ctl.status`;
 
 /**
  * One status request. Fails with a CliError that says what is wrong: no coordinator
@@ -43,7 +33,9 @@ export async function requestStatus(
 ): Promise<ClusterStatus> {
   let data: Uint8Array;
   try {
-    const msg = await nc.request(statusSubject(settings.namespace), "{}", { timeout: timeoutMs });
+    const msg = await nc.request(controlSubject(settings.namespace, "status"), "{}", {
+      timeout: timeoutMs,
+    });
     data = msg.data;
   } catch (e) {
     throw statusRequestError(e, settings, timeoutMs);
@@ -62,19 +54,12 @@ export async function requestStatus(
 }
 
 function statusRequestError(e: unknown, settings: Settings, timeoutMs: number): Error {
-  const noResponders =
-    e instanceof errors.NoRespondersError ||
-    (e instanceof errors.RequestError && e.isNoResponders()) ||
-    (e instanceof Error && e.cause instanceof errors.NoRespondersError);
-  if (noResponders) {
+  if (isNoResponders(e)) {
     return failure(
       `no coordinator is running in namespace ${settings.namespace} at ${settings.natsUrl}`,
     );
   }
-  if (
-    e instanceof errors.TimeoutError ||
-    (e instanceof Error && e.cause instanceof errors.TimeoutError)
-  ) {
+  if (isTimeout(e)) {
     return failure(
       `the coordinator of namespace ${settings.namespace} at ${settings.natsUrl} did not answer within ${timeoutMs} ms`,
     );
@@ -88,7 +73,7 @@ function normalise(reply: unknown): ClusterStatus {
   const nums = (v: unknown): number[] =>
     Array.isArray(v) ? v.filter((n): n is number => typeof n === "number") : [];
   const workers = (Array.isArray(r.workers) ? r.workers : []).map((w) => {
-    const x = (w ?? {}) as Partial<Record<keyof WorkerStatus, unknown>>;
+    const x = (w ?? {}) as Partial<Record<keyof WorkerSummary, unknown>>;
     return {
       id: String(x.id ?? "?"),
       shards: nums(x.shards),
@@ -146,7 +131,7 @@ export async function status(options: StatusOptions, io: Io): Promise<number> {
     if (options.json) {
       // the raw reply, for scripts: what the coordinator said, not our normalised view
       const msg = await nc
-        .request(statusSubject(settings.namespace), "{}", { timeout: timeoutMs })
+        .request(controlSubject(settings.namespace, "status"), "{}", { timeout: timeoutMs })
         .catch((e: unknown) => {
           throw statusRequestError(e, settings, timeoutMs);
         });

@@ -2,6 +2,8 @@
 
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { decodeShardCount } from "@troupe/coordinator/internal";
+import { namespaceNames } from "@troupe/nats/internal";
 
 /**
  * The shard count stored in `troupe_<ns>_cluster` / `config`, or undefined when the namespace
@@ -12,13 +14,11 @@ export async function storedShardCount(
   namespace: string,
 ): Promise<number | undefined> {
   try {
-    const kv = await new Kvm(nc).open(`troupe_${namespace}_cluster`);
-    const entry = await kv.get("config");
+    const names = namespaceNames(namespace);
+    const kv = await new Kvm(nc).open(names.clusterBucket);
+    const entry = await kv.get(names.configKey);
     if (entry === null || entry.operation !== "PUT") return undefined;
-    const count = (entry.json() as { shardCount?: unknown }).shardCount;
-    return typeof count === "number" && Number.isSafeInteger(count) && count > 0
-      ? count
-      : undefined;
+    return decodeShardCount(entry.value);
   } catch {
     return undefined;
   }
