@@ -23,8 +23,11 @@ const machine = setup({
   on: { inc: { actions: assign({ count: ({ context, event }) => context.count + event.by }) } },
 });
 
+/** The counter agent of the NATS throughput scenarios (this one, isolation, tracing). */
+export const counter = defineAgent({ type: "counter", machine });
+
 // an event whose msgpack payload is about 256 bytes
-const PAD = "x".repeat(236);
+export const PAD = "x".repeat(236);
 
 /** nats.js option: no Error (with its stack) made per request for async traces. */
 export const NO_ASYNC_TRACES = process.env.BENCH_ASYNC_TRACES !== "1";
@@ -51,7 +54,6 @@ export async function troupeOnNats(
   const namespace = `bench-${process.pid}-${run}`;
   const info = await ensureNamespace(nc, { namespace, shardCount: 16 });
   const backend = await createNatsBackend({ nc, namespace, namespaceInfo: info, shards: "all" });
-  const counter = defineAgent({ type: "counter", machine });
   const runtime = await createRuntime({
     agents: [counter],
     backend,

@@ -7,21 +7,10 @@
 
 import { connect } from "@nats-io/transport-node";
 import { createNatsBackend, ensureNamespace } from "@troupe/nats";
-import { createRuntime, defineAgent, type Runtime } from "@troupe/runtime";
+import { createRuntime, type Runtime } from "@troupe/runtime";
 import { startNatsServer } from "@troupe/testkit";
-import { assign, setup } from "xstate";
+import { counter, PAD } from "./cluster.js";
 
-const machine = setup({
-  types: {
-    context: {} as { count: number },
-    events: {} as { type: "inc"; by: number; pad: string },
-  },
-}).createMachine({
-  context: { count: 0 },
-  on: { inc: { actions: assign({ count: ({ context, event }) => context.count + event.by }) } },
-});
-const counter = defineAgent({ type: "counter", machine });
-const PAD = "x".repeat(236);
 const HEALTHY = 100;
 
 export interface IsolationFigures {

@@ -9,19 +9,15 @@
  */
 import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { connect as natsConnect } from "@nats-io/transport-node";
-import { connect, shardOfAddress, type TroupeClient } from "@troupe/nats";
+import { connect, type TroupeClient } from "@troupe/nats";
 import { startNatsServer } from "@troupe/testkit";
-import { COORDINATOR, node, until, WORKER } from "./recovery.js";
+import { balanced, COORDINATOR, keyOn, node, root, sleep, until, WORKER } from "./processes.js";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const AGENT_MODULE = join(root, "bench/fixtures/relay.mjs");
 const NAMESPACE = "bench-latency";
 const SHARDS = 16;
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface OpenLoopResult {
   /** Round trips of the requests answered, ms, in send order. */
@@ -130,29 +126,13 @@ export async function latencyBench(rate: number, seconds: number): Promise<Laten
     for (const id of ["w1", "w2"]) {
       children.push(node(WORKER, [...common, "--agents", AGENT_MODULE, "--id", id]));
     }
-    type Status = { workers: Array<{ id: string; shards: number[] }>; unassigned: number[] };
-    const balanced = async (): Promise<Status | undefined> => {
-      try {
-        const m = await nc.request(`troupe.${NAMESPACE}.ctl.status`, "", { timeout: 1000 });
-        const s = m.json<Status | { error: unknown }>();
-        if ("error" in s || s.unassigned.length > 0) return undefined;
-        const ok = ["w1", "w2"].every(
-          (id) => (s.workers.find((w) => w.id === id)?.shards.length ?? 0) === SHARDS / 2,
-        );
-        return ok ? s : undefined;
-      } catch {
-        return undefined;
-      }
-    };
-    const s = await until("two balanced workers", balanced, 90_000);
-    const owned = (id: string) => new Set(s.workers.find((w) => w.id === id)!.shards);
-    const pick = (type: string, shards: Set<number>) => {
-      for (let k = 0; ; k++) {
-        if (shards.has(shardOfAddress(`${type}/k${k}`, SHARDS))) return `k${k}`;
-      }
-    };
-    const relayKey = pick("relay", owned("w1"));
-    const echoKey = pick("echo", owned("w2"));
+    const s = await until(
+      "two balanced workers",
+      () => balanced(nc, NAMESPACE, ["w1", "w2"], SHARDS / 2),
+      90_000,
+    );
+    const relayKey = keyOn(s, "w1", "relay", SHARDS);
+    const echoKey = keyOn(s, "w2", "echo", SHARDS);
 
     client = await connect({ servers: server.url, namespace: NAMESPACE });
     const relay = client.ref("relay", relayKey);

@@ -11,20 +11,16 @@
  */
 import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { connect as natsConnect } from "@nats-io/transport-node";
-import { connect, shardOfAddress, type TroupeClient } from "@troupe/nats";
+import { connect, type TroupeClient } from "@troupe/nats";
 import { freePorts, startNatsServer } from "@troupe/testkit";
-import { COORDINATOR, node, until, WORKER } from "./recovery.js";
+import { balanced, COORDINATOR, keyOn, node, root, sleep, until, WORKER } from "./processes.js";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const AGENT_MODULE = join(root, "bench/fixtures/passivating.mjs");
 const NAMESPACE = "bench-many";
 const SHARDS = 16;
 const BACKLOG = 10_000;
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface WorkerSample {
   active: number;
@@ -94,34 +90,17 @@ export async function manyAgentsBench(
         ),
       );
     }
-    type Status = { workers: Array<{ id: string; shards: number[] }>; unassigned: number[] };
     const status = await until(
       "two balanced workers",
-      async () => {
-        try {
-          const m = await nc.request(`troupe.${NAMESPACE}.ctl.status`, "", { timeout: 1000 });
-          const s = m.json<Status | { error: unknown }>();
-          if ("error" in s || s.unassigned.length > 0) return undefined;
-          const ok = ["w1", "w2"].every(
-            (id) => (s.workers.find((w) => w.id === id)?.shards.length ?? 0) === SHARDS / 2,
-          );
-          return ok ? s : undefined;
-        } catch {
-          return undefined;
-        }
-      },
+      () => balanced(nc, NAMESPACE, ["w1", "w2"], SHARDS / 2),
       90_000,
     );
     client = await connect({ servers: server.url, namespace: NAMESPACE });
-    // one collector on each worker: the first key whose shard that worker owns
-    const collectors = ["w1", "w2"].map((id) => {
-      const shards = new Set(status.workers.find((w) => w.id === id)!.shards);
-      for (let k = 0; ; k++) {
-        if (shards.has(shardOfAddress(`collector/k${k}`, SHARDS))) {
-          return client!.ref("collector", `k${k}`);
-        }
-      }
-    });
+    const c = client;
+    // one collector on each worker
+    const collectors = ["w1", "w2"].map((id) =>
+      c.ref("collector", keyOn(status, id, "collector", SHARDS)),
+    );
     // the collectors' own messages, not to be counted with the visitors'
     let gcRequests = 0;
     const live = () =>

@@ -4,17 +4,22 @@
  * agent of its shards, the time from the kill to its first processed message after it (a
  * request sent at the kill, answered once the new owner got there) is measured.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { connect as natsConnect } from "@nats-io/transport-node";
 import { connect, shardOfAddress, type TroupeClient } from "@troupe/nats";
 import { startNatsServer } from "@troupe/testkit";
+import {
+  balanced as balancedOver,
+  COORDINATOR,
+  node,
+  root,
+  sleep,
+  until,
+  WORKER,
+} from "./processes.js";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-export const WORKER = join(root, "apps/worker/dist/main.js");
-export const COORDINATOR = join(root, "apps/coordinator/dist/main.js");
 const AGENT_MODULE = join(root, "bench/fixtures/counter.mjs");
 const NAMESPACE = "bench-recovery";
 const SHARDS = 16;
@@ -22,40 +27,12 @@ const AGENTS = 100;
 const RATE = 200;
 const LEASE_MS = 2000;
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 export interface RecoveryFigures {
   kills: number;
   agents: number;
   leaseMs: number;
   /** kill → first processed message, per affected agent, ms */
   samples: number[];
-}
-
-/** A built app as a child process (shared with the latency bench). */
-export function node(
-  script: string,
-  args: string[],
-  env: Record<string, string> = {},
-  execArgv: string[] = [],
-): ChildProcess {
-  return spawn(process.execPath, [...execArgv, script, ...args], {
-    cwd: root,
-    // BENCH_CHILD_LOGS=1: the children's logs (warnings and errors) on this process's stderr
-    stdio: process.env.BENCH_CHILD_LOGS === "1" ? ["ignore", 2, 2] : "ignore",
-    // several workers on one machine: each takes a free port for its probes
-    env: { ...process.env, TROUPE_LOG_LEVEL: "warn", TROUPE_HTTP_PORT: "0", ...env },
-  });
-}
-
-export async function until<T>(what: string, check: () => Promise<T | undefined>, ms: number) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 export async function recoveryBench(kills: number): Promise<RecoveryFigures> {
@@ -78,26 +55,7 @@ export async function recoveryBench(kills: number): Promise<RecoveryFigures> {
       workers.set(id, w);
     };
     for (const id of ["w1", "w2", "w3"]) startWorker(id);
-    type Status = { workers: Array<{ id: string; shards: number[] }>; unassigned: number[] };
-    const status = async (): Promise<Status | undefined> => {
-      try {
-        const m = await nc.request(`troupe.${NAMESPACE}.ctl.status`, "", { timeout: 1000 });
-        const s = m.json<Status | { error: unknown }>();
-        return "error" in s ? undefined : s;
-      } catch {
-        return undefined;
-      }
-    };
-    const balanced = async () => {
-      const s = await status();
-      const ok =
-        s !== undefined &&
-        s.unassigned.length === 0 &&
-        ["w1", "w2", "w3"].every(
-          (id) => (s.workers.find((w) => w.id === id)?.shards.length ?? 0) >= 5,
-        );
-      return ok ? s : undefined;
-    };
+    const balanced = () => balancedOver(nc, NAMESPACE, ["w1", "w2", "w3"], 5);
     await until("three balanced workers", balanced, 90_000);
     client = await connect({ servers: server.url, namespace: NAMESPACE });
     const c = client;
