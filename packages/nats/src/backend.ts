@@ -49,7 +49,6 @@ import {
   ErrorCode,
   encodeFrame,
   type Frame,
-  isCryptoError,
   peekEnvelope,
   type TraceContext,
   TroupeError,
@@ -1130,12 +1129,14 @@ export class NatsBackendImpl implements NatsBackend {
   #onDirect(err: Error | null, data: Uint8Array): void {
     const h = this.#handlers;
     if (err !== null || h === undefined) return;
-    let frame: Frame;
+    // sealed frames go on as bytes: the runtime opens them (it has the keys)
+    let message: Frame | Uint8Array;
+    let to: string;
     try {
-      frame = decodeFrame(data, this.limits);
+      const peeked = peekEnvelope(data, this.limits);
+      to = peeked.envelope.to;
+      message = peeked.sealed ? data : decodeFrame(data, this.limits);
     } catch (e) {
-      // sealed: the runtime opens it (it has the keys); only its address is checked here
-      if (isCryptoError(e) && this.#onDirectSealed(data, h)) return;
       this.counters.directDropped++;
       this.logger.warn(
         { err: e, bytes: data.length, clientId: this.#clientId },
@@ -1143,37 +1144,16 @@ export class NatsBackendImpl implements NatsBackend {
       );
       return;
     }
-    if (frame.envelope.to !== `~${this.#clientId}`) {
-      this.counters.directDropped++;
-      this.logger.warn(
-        { to: frame.envelope.to, clientId: this.#clientId },
-        "dropped a direct frame addressed to another client",
-      );
-      return;
-    }
-    this.counters.directReceived++;
-    h.direct(frame);
-  }
-
-  /** A sealed direct frame: handed on as bytes if it reads as one for this client. */
-  #onDirectSealed(data: Uint8Array, h: BackendHandlers): boolean {
-    let to: string;
-    try {
-      to = peekEnvelope(data, this.limits).envelope.to;
-    } catch {
-      return false;
-    }
     if (to !== `~${this.#clientId}`) {
       this.counters.directDropped++;
       this.logger.warn(
         { to, clientId: this.#clientId },
         "dropped a direct frame addressed to another client",
       );
-    } else {
-      this.counters.directReceived++;
-      h.direct(data);
+      return;
     }
-    return true;
+    this.counters.directReceived++;
+    h.direct(message);
   }
 
   // --- shard consumers -------------------------------------------------------------------
