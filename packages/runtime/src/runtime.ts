@@ -23,6 +23,7 @@ import {
   peekEnvelope,
   TroupeError,
 } from "@troupe/wire";
+import { assertLimits } from "@troupe/wire/internal";
 import type { EventFromLogic } from "xstate";
 import type { AgentDefinition } from "./agent.js";
 import type { Backend, Delivery, Outgoing, ParkedFrame, QuarantineEntry } from "./backend.js";
@@ -239,7 +240,13 @@ function resolveConfig(c: RuntimeConfig): ResolvedConfig {
     throw new TroupeError(ErrorCode.CONFIG_ERROR, "enableHooks must be a boolean");
   }
   const limits = { ...DEFAULT_LIMITS, ...c.limits };
-  for (const [k, v] of Object.entries(limits)) num(`limits.${k}`, v, 0, 1);
+  try {
+    // the rules the codec applies to every frame, checked here once: bad limits stop the
+    // runtime at start instead of refusing every message
+    assertLimits(limits);
+  } catch (e) {
+    throw new TroupeError(ErrorCode.CONFIG_ERROR, `limits: ${(e as Error).message}`, { cause: e });
+  }
   if (c.quarantineElsewhere !== undefined && typeof c.quarantineElsewhere !== "function") {
     throw new TroupeError(ErrorCode.CONFIG_ERROR, "quarantineElsewhere must be a function");
   }
@@ -798,11 +805,16 @@ export class RuntimeCore implements Kernel, Runtime {
       }
       out.fresh = fresh;
     }
+    return this.#appendOut(out, frame.envelope);
+  }
+
+  /** Appends to the inbox; the receipt, or a typed error (TRANSPORT_ERROR when untyped). */
+  #appendOut(out: Outgoing, envelope: Frame["envelope"]): Promise<Receipt> {
     return this.backend.append(out).then(
       (r) => ({
-        messageId: frame.envelope.messageId,
+        messageId: envelope.messageId,
         sequence: r.sequence,
-        timestampNs: frame.envelope.timestampNs,
+        timestampNs: envelope.timestampNs,
       }),
       (e: unknown) => {
         throw e instanceof TroupeError
@@ -1303,25 +1315,7 @@ export class RuntimeCore implements Kernel, Runtime {
 
   /** @internal */
   appendBytes(bytes: Uint8Array, envelope: Frame["envelope"]): Promise<Receipt> {
-    return this.backend.append({ bytes, envelope }).then(
-      (r) => ({
-        messageId: envelope.messageId,
-        sequence: r.sequence,
-        timestampNs: envelope.timestampNs,
-      }),
-      (e: unknown) => {
-        throw e instanceof TroupeError
-          ? e
-          : new TroupeError(
-              ErrorCode.TRANSPORT_ERROR,
-              `could not append to the inbox: ${String(e)}`,
-              {
-                cause: e,
-                retryAfterMs: 1000,
-              },
-            );
-      },
-    );
+    return this.#appendOut({ bytes, envelope }, envelope);
   }
 }
 

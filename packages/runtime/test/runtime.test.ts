@@ -394,6 +394,11 @@ describe("runtime (embedded)", () => {
     await expectCode(createRuntime({ agents: [counter, counter] }), ErrorCode.CONFIG_ERROR);
     await expectCode(createRuntime({ agents: [{} as never] }), ErrorCode.CONFIG_ERROR);
   });
+
+  it("refuses decode limits the codec would refuse on every frame, at start", async () => {
+    await expectCode(createRuntime({ limits: { maxDepth: 2.5 } }), ErrorCode.CONFIG_ERROR);
+    await expectCode(createRuntime({ limits: { maxFrameBytes: 0 } }), ErrorCode.CONFIG_ERROR);
+  });
 });
 
 describe("runtime (embedded): lifecycle edges", () => {

@@ -16,4 +16,4 @@ export {
   type XChaCha20Poly1305,
 } from "./crypto.js";
 export * from "./index.js";
-export { type ScanRules, scanMsgpack } from "./limits.js";
+export { assertLimits, type ScanRules, scanMsgpack } from "./limits.js";
