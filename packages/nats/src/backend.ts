@@ -10,7 +10,6 @@ import {
   DeliverPolicy,
   type JetStreamClient,
   type JetStreamManager,
-  type JetStreamPublishOptions,
   type JsMsg,
   jetstream,
   jetstreamManager,
@@ -1618,25 +1617,16 @@ export class NatsBackendImpl implements NatsBackend {
           payload = new Uint8Array(0);
         }
         const token = entry.to.length > 0 ? subjectToken(entry.to) : "_";
-        const opts: Partial<JetStreamPublishOptions> = { headers: h, timeout: 5000 };
+        const opts: PublishOptions = { headers: h };
         // the same inbox message parked again (redelivered after a crash) is stored once
         if (entry.sequence > 0) opts.msgID = `parked:${entry.sequence}:${entry.code}`;
-        const deadline = Date.now() + this.#appendTimeoutMs;
-        for (let attempt = 1; ; attempt++) {
-          try {
-            await this.js.publish(this.names.parkedSubject(token), payload, opts);
-            this.counters.parked++;
-            return;
-          } catch (e) {
-            if (!isTransient(e) || Date.now() >= deadline) {
-              throw transportError(`could not park a message for ${entry.to}`, e, {
-                to: entry.to,
-                sequence: entry.sequence,
-              });
-            }
-            await delay(backoffMs(attempt));
-          }
-        }
+        await this.#publishUntilStored(this.names.parkedSubject(token), payload, opts, (e) =>
+          transportError(`could not park a message for ${entry.to}`, e, {
+            to: entry.to,
+            sequence: entry.sequence,
+          }),
+        );
+        this.counters.parked++;
       },
       list: async (limit = 100) => {
         if (!Number.isInteger(limit) || limit < 1) return [];
@@ -1820,24 +1810,32 @@ export class NatsBackendImpl implements NatsBackend {
     const { to, sequence } = message;
     const { payload, headers: h } = this.#heldPart(message);
     const msgID = `held:${sequence}`;
-    const subject = this.names.heldSubject(subjectToken(to));
+    await this.#publishUntilStored(
+      this.names.heldSubject(subjectToken(to)),
+      payload,
+      { msgID, headers: h },
+      (e) => transportError(`could not hold message ${sequence} for ${to}`, e, { to, sequence }),
+    );
+    this.counters.held++;
+  }
+
+  /**
+   * One JetStream publish, repeated (same message id, so stored once) while it fails
+   * transiently and the append timeout allows; then `failure(e)`.
+   */
+  async #publishUntilStored(
+    subject: string,
+    payload: Uint8Array,
+    opts: PublishOptions,
+    failure: (e: unknown) => Error,
+  ): Promise<void> {
     const deadline = Date.now() + this.#appendTimeoutMs;
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.js.publish(subject, payload, {
-          msgID,
-          headers: h,
-          timeout: this.#publishTimeoutMs,
-        });
-        this.counters.held++;
+        await this.#publisher().publish(subject, payload, opts, this.#publishTimeoutMs);
         return;
       } catch (e) {
-        if (!isTransient(e) || Date.now() >= deadline) {
-          throw transportError(`could not hold message ${sequence} for ${to}`, e, {
-            to,
-            sequence,
-          });
-        }
+        if (!isTransient(e) || Date.now() >= deadline) throw failure(e);
         await delay(backoffMs(attempt));
       }
     }
