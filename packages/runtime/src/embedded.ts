@@ -229,8 +229,12 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
   const removeHeld = (address: string, sequence: number): void => {
     const list = heldByAddress.get(address);
     if (list === undefined) return;
-    const i = list.findIndex((m) => m.sequence === sequence);
-    if (i >= 0) list.splice(i, 1);
+    // acknowledged in the order they were held: the first one, nearly always
+    if (list[0]?.sequence === sequence) list.shift();
+    else {
+      const i = list.findIndex((m) => m.sequence === sequence);
+      if (i >= 0) list.splice(i, 1);
+    }
     if (list.length === 0) heldByAddress.delete(address);
   };
   const parked: ParkingLot = {
@@ -240,7 +244,15 @@ export function createEmbeddedBackend(options: EmbeddedBackendOptions = {}): Emb
         list = [];
         heldByAddress.set(message.to, list);
       }
-      if (list.some((m) => m.sequence === message.sequence)) return;
+      // held in inbox order: only one not after the last can be a copy of one held already
+      const last = list[list.length - 1];
+      if (
+        last !== undefined &&
+        last.sequence >= message.sequence &&
+        list.some((m) => m.sequence === message.sequence)
+      ) {
+        return;
+      }
       const copy: HeldMessage = { to: message.to, sequence: message.sequence };
       if (message.frame !== undefined) copy.frame = message.frame;
       else if (message.bytes !== undefined) copy.bytes = message.bytes;
