@@ -3,23 +3,20 @@
  * inbox history (docs/cluster.md, "Replay"). The owner does it, so a rebuild never races a
  * live activation elsewhere.
  */
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import { type ReplayReply, type ReplayRequest, workerControlSubject } from "@troupe/coordinator";
+import type { Subscription } from "@nats-io/transport-node";
+import {
+  type ReplayReply,
+  type ReplayRequest,
+  type WorkerControlOptions,
+  workerControlSubject,
+} from "@troupe/coordinator";
 import { shardOfAddress } from "@troupe/nats";
-import type { Logger, ReplayStep, Runtime } from "@troupe/runtime";
+import type { ReplayStep } from "@troupe/runtime";
 import { ErrorCode, isTroupeError, parseAgentAddress, TroupeError } from "@troupe/wire";
 
 const DEFAULT_LIMIT = 1_000;
 
-export function serveReplay(options: {
-  nc: NatsConnection;
-  namespace: string;
-  workerId: string;
-  runtime: Runtime;
-  shardCount: number;
-  ownedShards: () => number[];
-  logger: Logger;
-}): Subscription {
+export function serveReplay(options: WorkerControlOptions): Subscription {
   const { nc, runtime, logger } = options;
   const encoder = new TextEncoder();
   const json = (v: unknown) =>

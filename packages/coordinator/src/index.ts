@@ -34,4 +34,5 @@ export {
   requestAddress,
   requestReason,
   serveWorkerQuarantine,
+  type WorkerControlOptions,
 } from "./quarantine.js";

@@ -337,11 +337,8 @@ export interface QuarantineControl {
   stop(): void;
 }
 
-/**
- * The worker's side: `ctl.worker.<id>.quarantine|release` for the agents of the shards it
- * owns (the leader forwards to it), and finishing releases a previous owner began.
- */
-export function serveWorkerQuarantine(options: {
+/** What a worker's control server (`ctl.worker.<id>.*`) works with. */
+export interface WorkerControlOptions {
   nc: NatsConnection;
   namespace: string;
   workerId: string;
@@ -349,7 +346,13 @@ export function serveWorkerQuarantine(options: {
   shardCount: number;
   ownedShards: () => number[];
   logger: Logger;
-}): QuarantineControl {
+}
+
+/**
+ * The worker's side: `ctl.worker.<id>.quarantine|release` for the agents of the shards it
+ * owns (the leader forwards to it), and finishing releases a previous owner began.
+ */
+export function serveWorkerQuarantine(options: WorkerControlOptions): QuarantineControl {
   const { nc, runtime, logger, shardCount } = options;
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
