@@ -7,6 +7,7 @@
 import { SpanStatusCode } from "@opentelemetry/api";
 import {
   deriveMessageId,
+  type Envelope,
   ErrorCode,
   type ErrorInfo,
   type Frame,
@@ -78,6 +79,32 @@ export interface TroupeErrorEvent {
 }
 
 type Outcome = "ok" | "skipped" | "rejected" | "failed";
+
+/** An envelope read ahead of its frame, and whether the frame is sealed. */
+export type Peeked = ReturnType<typeof peekEnvelope>;
+
+/** What `failureNotice` needs of the envelope of a message that failed. */
+export type FailedEnvelope = Pick<
+  Envelope,
+  "kind" | "from" | "messageId" | "replyTo" | "correlationId"
+>;
+
+/**
+ * Where the sender of a failed message is told, and what: to its `replyTo` (else its
+ * sender), under its correlation id (else its message id), the error as the wire carries it.
+ * Undefined for an error notice or a reply: an error is never answered with an error.
+ */
+export function failureNotice(
+  env: FailedEnvelope,
+  err: TroupeError,
+): { to: string; correlationId: string; error: ErrorInfo } | undefined {
+  if (env.kind === "error" || env.kind === "reply") return undefined;
+  return {
+    to: env.replyTo ?? env.from,
+    correlationId: env.correlationId ?? env.messageId,
+    error: toErrorInfo(err),
+  };
+}
 
 export abstract class Host implements Emitter {
   readonly address: string;
@@ -246,7 +273,7 @@ export abstract class Host implements Emitter {
    */
   #reset(e: unknown): void {
     this.#resets++;
-    const delay = Math.min(this.kernel.config.retryDelayMs * 2 ** (this.#resets - 1), 30_000);
+    const delay = Math.min(retryDelay(this.kernel.config.retryDelayMs, this.#resets), 30_000);
     this.kernel.logger.error(
       { err: e, agent: this.address, retryInMs: delay },
       "agent host failed below its handler; restarting it from its stored state",
@@ -506,14 +533,15 @@ export abstract class Host implements Emitter {
 
   /** `#run` inside a CONSUMER span parented by the sender's trace context. */
   #processTraced(d: Delivery): Outcome | Promise<Outcome> {
-    let envelope = d.frame?.envelope;
-    if (envelope === undefined && d.bytes !== undefined) {
+    let peeked: Peeked | undefined;
+    if (d.frame === undefined && d.bytes !== undefined) {
       try {
-        envelope = peekEnvelope(d.bytes, this.kernel.config.limits).envelope;
+        peeked = peekEnvelope(d.bytes, this.kernel.config.limits);
       } catch {
         // undecodable: the decode stage refuses it, the span records that
       }
     }
+    const envelope = d.frame?.envelope ?? peeked?.envelope;
     this.#span = startProcessSpan(this.kernel, this.address, envelope, d.trace, {
       sequence: d.sequence,
       redelivered: d.redelivered,
@@ -522,7 +550,7 @@ export abstract class Host implements Emitter {
     });
     let o: Outcome | Promise<Outcome>;
     try {
-      o = this.#run(d);
+      o = this.#run(d, peeked);
     } catch (e) {
       this.#endSpan(undefined, e);
       throw e;
@@ -594,8 +622,9 @@ export abstract class Host implements Emitter {
     return undefined;
   }
 
-  #run(d: Delivery): Outcome | Promise<Outcome> {
-    const ctx = new MessageContext(d, this);
+  /** `peeked`: the envelope of `d.bytes`, when read already (for its span). */
+  #run(d: Delivery, peeked?: Peeked): Outcome | Promise<Outcome> {
+    const ctx = new MessageContext(d, this, peeked);
     let r: ReturnType<Kernel["pipeline"]["run"]>;
     try {
       r = this.kernel.pipeline.run(ctx);
@@ -681,28 +710,12 @@ export abstract class Host implements Emitter {
     }
   }
 
-  /** Tells the sender of a message that it failed. Never answers an error with an error. */
-  protected errorToSender(
-    env: {
-      kind: FrameKind;
-      from: string;
-      messageId: string;
-      replyTo?: string;
-      correlationId?: string;
-    },
-    err: TroupeError,
-  ): void {
-    if (env.kind === "error" || env.kind === "reply") return;
-    const to = env.replyTo ?? env.from;
-    if (to === this.address) return;
+  /** Tells the sender of a message that it failed (see `failureNotice`), unless it is this agent. */
+  protected errorToSender(env: FailedEnvelope, err: TroupeError): void {
+    const notice = failureNotice(env, err);
+    if (notice === undefined || notice.to === this.address) return;
     this.outputs.push(
-      this.makeFrame(
-        to,
-        "error",
-        toErrorInfo(err),
-        env.correlationId ?? env.messageId,
-        env.messageId,
-      ),
+      this.makeFrame(notice.to, "error", notice.error, notice.correlationId, env.messageId),
     );
   }
 
@@ -758,7 +771,7 @@ export abstract class Host implements Emitter {
     await this.recover();
     for (let attempt = 1; attempt <= maxRetries; attempt++) {
       this.kernel.counters.retries++;
-      await this.kernel.sleep(retryDelayMs * 2 ** (attempt - 1));
+      await this.kernel.sleep(retryDelay(retryDelayMs, attempt));
       if (this.closed) return "failed";
       let error = this.#attempt(ctx.event, info);
       if (isPromise(error)) error = await error;
@@ -918,14 +931,17 @@ class MessageContext implements StageContext, MessageInfo {
   readonly to: string;
   /** @internal for the built-in stages (saves a lookup per stage per message) */
   readonly host: Host;
+  /** @internal for the decode stage: the envelope of `delivery.bytes`, if read already */
+  readonly peeked: Peeked | undefined;
   envelope: StageContext["envelope"];
   frame: StageContext["frame"];
   event: unknown;
   #locals: Map<string, unknown> | undefined;
 
-  constructor(d: Delivery, host: Host) {
+  constructor(d: Delivery, host: Host, peeked: Peeked | undefined) {
     this.delivery = d;
     this.host = host;
+    this.peeked = peeked;
     this.to = host.address;
     this.frame = d.frame;
     this.envelope = d.frame?.envelope;
@@ -978,6 +994,11 @@ function isTransient(e: unknown): boolean {
     e instanceof TroupeError &&
     (e.code === ErrorCode.TRANSPORT_ERROR || (e.retryAfterMs !== undefined && !e.details?.conflict))
   );
+}
+
+/** The wait before retry `n` (from 1): `retryDelayMs` first, doubling with each retry. */
+function retryDelay(retryDelayMs: number, n: number): number {
+  return retryDelayMs * 2 ** (n - 1);
 }
 
 function errorMessage(e: unknown): string {
@@ -1046,7 +1067,7 @@ export class AgentHost extends Host {
           return false;
         }
         this.kernel.counters.retries++;
-        await this.kernel.sleep(retryDelayMs * 2 ** attempt);
+        await this.kernel.sleep(retryDelay(retryDelayMs, attempt + 1));
       }
     }
     this.kernel.counters.activations++;

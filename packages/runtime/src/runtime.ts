@@ -4,7 +4,6 @@
  */
 
 import type { Attributes } from "@opentelemetry/api";
-import type { StandardSchemaV1 } from "@standard-schema/spec";
 import {
   agentAddress,
   DEFAULT_LIMITS,
@@ -30,7 +29,7 @@ import type { Backend, Delivery, Outgoing, ParkedFrame, QuarantineEntry } from "
 import { Channel, type Channels } from "./channels-table.js";
 import { type Clock, systemClock } from "./clock.js";
 import { createEmbeddedBackend } from "./embedded.js";
-import { AgentHost, type Host, type HostStatus, LifecycleState } from "./host.js";
+import { AgentHost, failureNotice, type Host, type HostStatus, LifecycleState } from "./host.js";
 import {
   type HandledMessage,
   type Kernel,
@@ -44,7 +43,7 @@ import { isPromise, Pipeline, type Stage, type StageInfo } from "./pipeline.js";
 import { type ReplayResult, type ReplayStep, replayAgent } from "./replay.js";
 import { describe, notSealed, Sealing, type SealingConfig } from "./sealing.js";
 import { SenderQuarantine } from "./senders.js";
-import { builtInStages } from "./stages.js";
+import { builtInStages, checkEvent } from "./stages.js";
 import {
   activeContext,
   endSendSpan,
@@ -596,29 +595,25 @@ export class RuntimeCore implements Kernel, Runtime {
       { to: d.to, code: err.code, sequence: d.sequence },
       `message parked: ${err.message}`,
     );
-    if (env !== undefined && env.kind !== "error" && env.kind !== "reply") {
-      const to = env.replyTo ?? env.from;
-      await this.publish([this.#errorFrame(to, err, env.correlationId ?? env.messageId)]);
+    const notice = env === undefined ? undefined : failureNotice(env, err);
+    if (notice !== undefined) {
+      await this.publish([
+        {
+          envelope: {
+            version: 1,
+            kind: "error",
+            messageId: newMessageId(),
+            from: this.#inbox,
+            to: notice.to,
+            sequence: ++this.#clientSequence,
+            timestampNs: this.clock.nowNs(),
+            correlationId: notice.correlationId,
+          },
+          message: { kind: "error", payload: notice.error },
+        },
+      ]);
     }
     d.ack();
-  }
-
-  #errorFrame(to: string, err: TroupeError, correlationId: string): Frame {
-    const info: ErrorInfo = { code: err.code, message: err.message };
-    if (err.details !== undefined) info.details = err.details;
-    return {
-      envelope: {
-        version: 1,
-        kind: "error",
-        messageId: newMessageId(),
-        from: this.#inbox,
-        to,
-        sequence: ++this.#clientSequence,
-        timestampNs: this.clock.nowNs(),
-        correlationId,
-      },
-      message: { kind: "error", payload: info },
-    };
   }
 
   /** A direct frame for this client (a reply, an error notice), or the bytes of a sealed one. */
@@ -748,41 +743,21 @@ export class RuntimeCore implements Kernel, Runtime {
     };
   }
 
-  /** Checks made at the sender when this runtime knows the agent type (fast, clear errors). */
-  #precheck(type: string, event: unknown): void | Promise<void> {
+  /**
+   * The receiver's checks (the validate stage's `checkEvent`), made at the sender when this
+   * runtime knows the agent type: fast, clear errors. The event goes as it was given; the
+   * receiver validates it again and takes what its schema makes of it.
+   */
+  #precheck(type: string, event: unknown): undefined | Promise<unknown> {
     const def = this.definitions.get(type);
     if (def === undefined) {
       // In one process the definitions are all there is; in a cluster another worker may
       // host the type, and the receiver answers UNKNOWN_AGENT if none does.
-      if (this.backend.kind !== "embedded") return;
+      if (this.backend.kind !== "embedded") return undefined;
       throw new TroupeError(ErrorCode.UNKNOWN_AGENT, `no agent type "${type}" is defined here`);
     }
-    const ev = event as { type?: unknown } | null;
-    if (typeof ev !== "object" || ev === null || typeof ev.type !== "string") {
-      throw new TroupeError(ErrorCode.VALIDATION_ERROR, `events are objects with a string "type"`);
-    }
-    const schema = (def.events as Record<string, StandardSchemaV1> | undefined)?.[ev.type];
-    if (schema === undefined) {
-      if (def.strictEvents) {
-        throw new TroupeError(
-          ErrorCode.VALIDATION_ERROR,
-          `${type} does not accept events of type "${ev.type}"`,
-        );
-      }
-      return;
-    }
-    const check = (r: StandardSchemaV1.Result<unknown>): void => {
-      if (r.issues !== undefined) {
-        throw new TroupeError(
-          ErrorCode.VALIDATION_ERROR,
-          `invalid "${ev.type}" event for ${type}: ${r.issues.map((i) => i.message).join("; ")}`,
-          { details: { issues: r.issues.map((i) => ({ message: i.message })) } },
-        );
-      }
-    };
-    const r = schema["~standard"].validate(event);
-    if (isPromise<StandardSchemaV1.Result<unknown>>(r)) return r.then(check);
-    check(r);
+    const checked = checkEvent(def, event);
+    return isPromise(checked) ? checked : undefined;
   }
 
   #append(frame: Frame, fresh = false): Promise<Receipt> {

@@ -5,6 +5,7 @@ import {
   type DecodeLimits,
   decodeFrame,
   ErrorCode,
+  type FrameKind,
   KEY_CHANNEL_PREFIX,
   openFrame,
   peekEnvelope,
@@ -14,7 +15,7 @@ import type { AgentDefinition } from "./agent.js";
 import type { QuarantineEntry } from "./backend.js";
 import type { Channels } from "./channels-table.js";
 import type { Clock } from "./clock.js";
-import type { Host } from "./host.js";
+import type { Host, Peeked } from "./host.js";
 import { AgentHost } from "./host.js";
 import { isPromise, type Stage, type StageContext, StageOrder } from "./pipeline.js";
 import { notSealed, type Sealing } from "./sealing.js";
@@ -56,7 +57,8 @@ function decodeStage({ limits }: StageDeps): Stage {
             "delivery carries neither a frame nor bytes",
           );
         }
-        const peeked = peekEnvelope(bytes, limits);
+        // the host peeked already when it traces (the span names the message)
+        const peeked = (ctx as { peeked?: Peeked }).peeked ?? peekEnvelope(bytes, limits);
         envelope = peeked.envelope;
         if (!peeked.sealed) {
           const frame = decodeFrame(bytes, limits);
@@ -132,14 +134,7 @@ function openStage({ limits, channels, sealing }: StageDeps): Stage {
         if (ctx.frame === undefined) {
           throw new TroupeError(ErrorCode.CRYPTO_ERROR, "sealed frame names no channel");
         }
-        // a bound endpoint (`#<id>`) takes bytes on its channels, and notices of failures of
-        // what it sent: anything else is refused here, not counted against its handler
-        if (ctx.to.startsWith("#") && env.kind !== "error") {
-          throw new TroupeError(
-            ErrorCode.CHANNEL_NOT_FOUND,
-            `${ctx.to} takes messages on a channel only`,
-          );
-        }
+        onlyNoticesOutsideChannel(ctx.to, env.kind);
         return undefined;
       }
       const channel = channels.get(env.channel);
@@ -179,12 +174,18 @@ function openSealed(ctx: StageContext, sealing: Sealing): void {
   const frame = sealing.open(ctx.delivery.bytes!, env);
   ctx.frame = frame;
   ctx.event = frame.message.payload;
-  // as for plain frames: an endpoint takes notices of failures of what it sent, nothing else
-  if (ctx.to.startsWith("#") && env.kind !== "error") {
-    throw new TroupeError(
-      ErrorCode.CHANNEL_NOT_FOUND,
-      `${ctx.to} takes messages on a channel only`,
-    );
+  // only once opened: a frame that does not open is refused as forged (which counts against
+  // its sender), whatever kind its envelope claims
+  onlyNoticesOutsideChannel(ctx.to, env.kind);
+}
+
+/**
+ * A bound endpoint (`#<id>`) takes bytes on its channels, and notices of failures of what it
+ * sent: anything else is refused here, not counted against its handler.
+ */
+function onlyNoticesOutsideChannel(to: string, kind: FrameKind): void {
+  if (to.startsWith("#") && kind !== "error") {
+    throw new TroupeError(ErrorCode.CHANNEL_NOT_FOUND, `${to} takes messages on a channel only`);
   }
 }
 
@@ -196,23 +197,45 @@ function validateStage({ hostOf }: StageDeps): Stage {
       const host = hostFor(ctx, hostOf);
       if (!(host instanceof AgentHost) || ctx.frame === undefined) return undefined;
       if (ctx.frame.message.kind === "error") return undefined;
-      const event = ctx.event as { type?: unknown } | null;
-      if (typeof event !== "object" || event === null || typeof event.type !== "string") {
-        throw new TroupeError(
-          ErrorCode.VALIDATION_ERROR,
-          `${ctx.to} takes XState events: an object with a string "type"`,
-        );
+      const checked = checkEvent(host.definition, ctx.event);
+      if (checked === undefined) return undefined;
+      if (isPromise(checked)) {
+        return checked.then((r) => {
+          ctx.event = r.value;
+          return undefined;
+        });
       }
-      return validateEvent(host.definition, ctx, event.type);
+      ctx.event = checked.value;
+      return undefined;
     },
   };
 }
 
-function validateEvent(
-  def: AgentDefinition,
-  ctx: StageContext,
-  type: string,
-): undefined | Promise<undefined> {
+/**
+ * `checkEvent`'s verdict on an event it accepts: `undefined` when no schema is listed for its
+ * type (the event stands as sent), else the schema's result, whose `value` is what the machine
+ * gets (a schema may transform); a promise of either for an asynchronous schema.
+ */
+export type EventCheck =
+  | undefined
+  | StandardSchemaV1.SuccessResult<unknown>
+  | Promise<StandardSchemaV1.SuccessResult<unknown>>;
+
+/**
+ * An event checked against its agent type: an XState event, of a type the agent accepts
+ * (`strictEvents`; the runtime's own `troupe.*` events need no listing), valid by its schema.
+ * Throws (or rejects with) VALIDATION_ERROR. The validate stage's rule, and the sender's
+ * precheck when it knows the type, so both refuse the same events for the same reasons.
+ */
+export function checkEvent(def: AgentDefinition, event: unknown): EventCheck {
+  const type =
+    typeof event === "object" && event !== null ? (event as { type?: unknown }).type : undefined;
+  if (typeof type !== "string") {
+    throw new TroupeError(
+      ErrorCode.VALIDATION_ERROR,
+      `${def.type} takes XState events: an object with a string "type"`,
+    );
+  }
   const schema = (def.events as Record<string, StandardSchemaV1> | undefined)?.[type];
   if (schema === undefined) {
     if (def.strictEvents && !type.startsWith("troupe.")) {
@@ -223,32 +246,28 @@ function validateEvent(
     }
     return undefined;
   }
-  const result = schema["~standard"].validate(ctx.event);
+  const result = schema["~standard"].validate(event);
   if (isPromise<StandardSchemaV1.Result<unknown>>(result)) {
-    return result.then((r) => applyResult(ctx, def, type, r));
+    return result.then((r) => passed(def, type, r));
   }
-  return applyResult(ctx, def, type, result);
+  return passed(def, type, result);
 }
 
-function applyResult(
-  ctx: StageContext,
+function passed(
   def: AgentDefinition,
   type: string,
   result: StandardSchemaV1.Result<unknown>,
-): undefined {
-  if (result.issues !== undefined) {
-    const issues = result.issues.map((i) => ({
-      message: i.message,
-      path: i.path?.map((p) => (typeof p === "object" ? String(p.key) : String(p))),
-    }));
-    throw new TroupeError(
-      ErrorCode.VALIDATION_ERROR,
-      `invalid "${type}" event for ${def.type}: ${issues.map((i) => (i.path?.length ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ")}`,
-      { details: { issues } },
-    );
-  }
-  ctx.event = result.value;
-  return undefined;
+): StandardSchemaV1.SuccessResult<unknown> {
+  if (result.issues === undefined) return result;
+  const issues = result.issues.map((i) => ({
+    message: i.message,
+    path: i.path?.map((p) => (typeof p === "object" ? String(p.key) : String(p))),
+  }));
+  throw new TroupeError(
+    ErrorCode.VALIDATION_ERROR,
+    `invalid "${type}" event for ${def.type}: ${issues.map((i) => (i.path?.length ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ")}`,
+    { details: { issues } },
+  );
 }
 
 function authorizeStage({ hostOf }: StageDeps): Stage {
