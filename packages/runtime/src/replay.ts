@@ -4,7 +4,6 @@
  * publish, no snapshot write). The debugging view of a conversation, and the way to rebuild
  * an agent's state from its history after fixing its code.
  */
-import type { StandardSchemaV1 } from "@standard-schema/spec";
 import {
   ErrorCode,
   type Frame,
@@ -16,6 +15,7 @@ import { type AnyActor, type AnyStateMachine, createActor, fromPromise } from "x
 import { type Emitter, enterScope, exitScope, registerSystem } from "./actions.js";
 import { type AgentDefinition, findInlineChildren } from "./agent.js";
 import { toActorEvent } from "./host.js";
+import { checkEvent } from "./stages.js";
 
 /** One message of the history, as stored in the inbox. */
 export interface ReplayMessage {
@@ -272,21 +272,15 @@ function send(
  * The agent's validator's verdict, as the validate stage gave it: the event the machine gets
  * (the schema's output), or the reason it was refused.
  */
+/** The validate stage's rule (`checkEvent`): the event the machine gets, or why not. */
 async function validate(
   def: AgentDefinition,
   event: { type: string },
 ): Promise<{ event: { type: string } } | { refused: string }> {
-  const type = (event as { type?: unknown } | null)?.type;
-  if (typeof type !== "string") {
-    return { refused: 'not an XState event (an object with a string "type")' };
+  try {
+    const checked = await checkEvent(def, event);
+    return { event: checked === undefined ? event : (checked.value as { type: string }) };
+  } catch (e) {
+    return { refused: e instanceof Error ? e.message : String(e) };
   }
-  const schema = (def.events as Record<string, StandardSchemaV1> | undefined)?.[type];
-  if (schema === undefined) {
-    return def.strictEvents && !type.startsWith("troupe.")
-      ? { refused: `${def.type} does not accept events of type "${type}"` }
-      : { event };
-  }
-  const result = await schema["~standard"].validate(event);
-  if (result.issues === undefined) return { event: result.value as { type: string } };
-  return { refused: result.issues.map((i) => i.message).join("; ") };
 }
