@@ -9,9 +9,9 @@
  * Inside `npm test` it runs short (TROUPE_CHAOS_DURATION_S, default 45 s); `npm run chaos`
  * (scripts/chaos.mjs) runs it long with more agents.
  */
-import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import type { ClusterStatus } from "@troupe/coordinator";
-import { type NatsClusterHandle, startNatsCluster } from "@troupe/testkit";
+import type { NatsClusterHandle } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ActivationWatch,
@@ -24,17 +24,19 @@ import {
   workerStatus,
 } from "./chaos.js";
 import {
-  balancedOver,
   buildApps,
-  COORDINATOR_MAIN,
   clusterStatus,
+  connectedCluster,
   logTail,
   type Proc,
+  printLogsIfAsked,
   procs,
-  spawnNode,
-  stopAll,
-  WORKER_MAIN,
+  spawnCoordinator,
+  spawnWorker,
+  type Target,
+  teardown,
   waitFor,
+  waitForBalanced,
 } from "./procs.js";
 
 const env = (name: string, fallback: number) => {
@@ -55,7 +57,7 @@ let nc: NatsConnection;
 let load: OrderedLoad | undefined;
 
 const status = (): Promise<ClusterStatus | undefined> => clusterStatus(nc, NAMESPACE);
-const natsArgs = () => ["--nats", cluster.urls.join(","), "--namespace", NAMESPACE];
+const target = (): Target => ({ servers: cluster.urls, namespace: NAMESPACE });
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 type FaultKind = "worker SIGKILL" | "leader SIGKILL" | "NATS node kill";
@@ -68,16 +70,13 @@ interface Fault {
 
 beforeAll(async () => {
   await buildApps();
-  cluster = await startNatsCluster({ nodes: 3 });
-  nc = await natsConnect({ servers: cluster.urls });
+  ({ cluster, nc } = await connectedCluster(3));
 }, 300_000);
 
 afterAll(async () => {
-  if (process.env.TROUPE_TEST_LOGS === "1") for (const p of procs) console.log(logTail(p, 400));
+  printLogsIfAsked();
   await load?.close();
-  await stopAll();
-  await nc?.close().catch(() => {});
-  await cluster?.cleanup();
+  await teardown(cluster, nc);
 }, 60_000);
 
 describe("chaos", () => {
@@ -89,29 +88,16 @@ describe("chaos", () => {
       const startCoordinator = (id: string) =>
         coordinators.set(
           id,
-          spawnNode(id, COORDINATOR_MAIN, [
-            ...natsArgs(),
-            "--shards",
-            String(SHARDS),
-            "--replicas",
-            "3",
-            "--lease-ms",
-            String(LEASE_MS),
-            "--id",
-            id,
-          ]),
+          spawnCoordinator(target(), { shards: SHARDS, replicas: 3, leaseMs: LEASE_MS, id }),
         );
       const startWorker = (id: string) => {
         const incarnation = (workers.get(id)?.incarnation ?? -1) + 1;
-        const proc = spawnNode(`${id}#${incarnation}`, WORKER_MAIN, [
-          ...natsArgs(),
-          "--agents",
-          ORDERED_COUNTER,
-          "--id",
+        const proc = spawnWorker(target(), {
           id,
-          "--lease-ms",
-          String(LEASE_MS),
-        ]);
+          name: `${id}#${incarnation}`,
+          agents: [ORDERED_COUNTER],
+          leaseMs: LEASE_MS,
+        });
         workers.set(id, { proc, incarnation });
       };
       const faults: Fault[] = [];
@@ -120,11 +106,7 @@ describe("chaos", () => {
         await waitFor("a leader", async () => (await status())?.leader === "c1", 90_000);
         startCoordinator("c2");
         for (const id of WORKER_IDS) startWorker(id);
-        await waitFor(
-          "three balanced workers",
-          async () => balancedOver(await status(), WORKER_IDS),
-          60_000,
-        );
+        await waitForBalanced("three balanced workers", nc, NAMESPACE, WORKER_IDS, 60_000);
 
         load = new OrderedLoad({
           urls: cluster.urls,

@@ -5,24 +5,31 @@
  * load and the leader coordinator exits.
  */
 import { join } from "node:path";
-import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import type { ClusterStatus } from "@troupe/coordinator";
 import { connect, type TroupeClient } from "@troupe/nats";
-import { type NatsClusterHandle, startNatsCluster } from "@troupe/testkit";
+import type { NatsClusterHandle } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   balancedOver,
   buildApps,
   COORDINATOR_MAIN,
   clusterStatus,
+  connectedCluster,
   logTail,
+  natsArgs,
+  printLogsIfAsked,
   procs,
   repo,
+  spawnCoordinator,
   spawnNode,
-  stopAll,
+  spawnWorker,
   stopProc,
+  type Target,
+  teardown,
   WORKER_MAIN,
   waitFor,
+  waitForBalanced,
 } from "./procs.js";
 
 const FIXTURE = join(repo, "apps/worker/test/fixtures/ordered-counter.mjs");
@@ -41,21 +48,10 @@ const clients: TroupeClient[] = [];
 const status = (timeoutMs = 1000): Promise<ClusterStatus | undefined> =>
   clusterStatus(nc, NAMESPACE, timeoutMs);
 
-const natsArgs = () => ["--nats", cluster.urls.join(","), "--namespace", NAMESPACE];
+const target = (): Target => ({ servers: cluster.urls, namespace: NAMESPACE });
 const startCoordinator = (id: string) =>
-  spawnNode(id, COORDINATOR_MAIN, [
-    ...natsArgs(),
-    "--shards",
-    String(SHARDS),
-    "--replicas",
-    "3",
-    "--lease-ms",
-    String(LEASE_MS),
-    "--id",
-    id,
-  ]);
-const startWorker = (id: string) =>
-  spawnNode(id, WORKER_MAIN, [...natsArgs(), "--agents", FIXTURE, "--id", id]);
+  spawnCoordinator(target(), { shards: SHARDS, replicas: 3, leaseMs: LEASE_MS, id });
+const startWorker = (id: string) => spawnWorker(target(), { id, agents: [FIXTURE] });
 
 interface OrderedValue {
   count: number;
@@ -67,17 +63,14 @@ interface OrderedValue {
 beforeAll(async () => {
   await buildApps();
   const t0 = performance.now();
-  cluster = await startNatsCluster({ nodes: 3 });
-  nc = await natsConnect({ servers: cluster.urls });
+  ({ cluster, nc } = await connectedCluster(3));
   console.log(`3-node JetStream cluster: ${(performance.now() - t0).toFixed(0)} ms`);
 }, 300_000);
 
 afterAll(async () => {
-  if (process.env.TROUPE_TEST_LOGS === "1") for (const p of procs) console.log(logTail(p, 400));
+  printLogsIfAsked();
   await Promise.all(clients.map((c) => c.close().catch(() => {})));
-  await stopAll();
-  await nc?.close().catch(() => {});
-  await cluster?.cleanup();
+  await teardown(cluster, nc);
 }, 60_000);
 
 describe("troupe-coordinator and troupe-worker processes", () => {
@@ -92,12 +85,11 @@ describe("troupe-coordinator and troupe-worker processes", () => {
       t0 = performance.now();
       const w1 = startWorker("w1");
       let w2 = startWorker("w2");
-      const twoWorkers = await waitFor(
+      const twoWorkers = await waitForBalanced(
         "both workers to own shards",
-        async () => {
-          const s = await status();
-          return balancedOver(s, ["w1", "w2"]) ? s : undefined;
-        },
+        nc,
+        NAMESPACE,
+        ["w1", "w2"],
         60_000,
       );
       console.log(
@@ -204,21 +196,14 @@ describe("troupe-coordinator and troupe-worker processes", () => {
       const w2Exit = await stopProc(w2);
       const drainMs = performance.now() - t0;
       expect(w2Exit, logTail(w2)).toBe(0);
-      const afterDrain = await waitFor("w1 to own every shard", async () => {
-        const s = await status();
-        return balancedOver(s, ["w1"]) ? s : undefined;
-      });
+      const afterDrain = await waitForBalanced("w1 to own every shard", nc, NAMESPACE, ["w1"]);
       console.log(
         `w2 drained and exited in ${drainMs.toFixed(0)} ms (SIGTERM at ${sentAtStop}/${phase1Total} sent); ` +
           `w1 owns ${afterDrain.workers.find((w) => w.id === "w1")?.shards.length} shards`,
       );
       t0 = performance.now();
       w2 = startWorker("w2");
-      await waitFor(
-        "w2 to own shards again",
-        async () => balancedOver(await status(), ["w1", "w2"]),
-        60_000,
-      );
+      await waitForBalanced("w2 to own shards again", nc, NAMESPACE, ["w1", "w2"], 60_000);
       console.log(
         `w2 restarted and rebalanced in ${(performance.now() - t0).toFixed(0)} ms (at ${sent}/${phase1Total} sent)`,
       );
@@ -312,12 +297,12 @@ describe("troupe-coordinator and troupe-worker processes", () => {
 
   it("exits 2 on configuration errors", async () => {
     const noAgents = spawnNode("no-agents", WORKER_MAIN, [
-      ...natsArgs(),
+      ...natsArgs(target()),
       "--agents",
       join(repo, "apps/worker/test/fixtures/no-agents.mjs"),
     ]);
     const wrongShards = spawnNode("wrong-shards", COORDINATOR_MAIN, [
-      ...natsArgs(),
+      ...natsArgs(target()),
       "--shards",
       String(SHARDS * 2),
     ]);
@@ -327,7 +312,7 @@ describe("troupe-coordinator and troupe-worker processes", () => {
     expect(wrongShards.logs.join("\n")).toMatch(/has 16 shards/);
     // TROUPE_AGENTS names several modules, comma-separated: the second one is loaded too
     const missing = join(repo, "apps/worker/test/fixtures/does-not-exist.mjs");
-    const fromEnv = spawnNode("agents-env", WORKER_MAIN, natsArgs(), {
+    const fromEnv = spawnNode("agents-env", WORKER_MAIN, natsArgs(target()), {
       env: { TROUPE_AGENTS: `${FIXTURE},${missing}` },
     });
     expect(await fromEnv.exited, logTail(fromEnv)).toBe(2);

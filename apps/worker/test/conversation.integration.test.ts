@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
-import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import type { ClusterStatus } from "@troupe/coordinator";
 import type { PlanReply } from "@troupe/example-demo";
 import type { PingScore } from "@troupe/example-ping-pong";
@@ -18,22 +18,19 @@ import {
   subjectToken,
   type TroupeClient,
 } from "@troupe/nats";
-import { type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import type { NatsServerHandle } from "@troupe/testkit";
 import { ErrorCode, encodeFrame, newMessageId } from "@troupe/wire";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  balancedOver,
   buildApps,
-  COORDINATOR_MAIN,
-  clusterStatus,
+  connectedServer,
   logTail,
   procs,
   repo,
   runCli,
-  spawnNode,
-  stopAll,
+  startBalanced,
   stopProc,
-  WORKER_MAIN,
+  teardown,
   waitFor,
 } from "./procs.js";
 
@@ -72,34 +69,18 @@ function pickKey(prefix: string, wanted: (key: string) => boolean): string {
 
 beforeAll(async () => {
   await buildApps();
-  server = await startNatsServer();
-  nc = await natsConnect({ servers: server.url });
-  const nats = ["--nats", server.url, "--namespace", NAMESPACE];
-  spawnNode("coordinator", COORDINATOR_MAIN, [...nats, "--shards", String(SHARDS)]);
-  for (const id of WORKERS) {
-    spawnNode(id, WORKER_MAIN, [...nats, "--agents", ...AGENT_MODULES, "--id", id]);
-  }
-  try {
-    placement = await waitFor(
-      "both workers to own their shards",
-      async () => {
-        const s = await clusterStatus(nc, NAMESPACE);
-        return balancedOver(s, WORKERS) ? s : undefined;
-      },
-      60_000,
-    );
-  } catch (e) {
-    for (const p of procs) console.log(logTail(p));
-    throw e;
-  }
+  ({ server, nc } = await connectedServer());
+  placement = await startBalanced(
+    nc,
+    { servers: server.url, namespace: NAMESPACE },
+    { shards: SHARDS, workers: WORKERS, agents: AGENT_MODULES },
+  );
   client = await connect({ servers: server.url, namespace: NAMESPACE });
 }, 300_000);
 
 afterAll(async () => {
   await client?.close().catch(() => {});
-  await stopAll();
-  await nc?.close().catch(() => {});
-  await server?.cleanup();
+  await teardown(server, nc);
 }, 60_000);
 
 describe("conversations across two worker processes", () => {

@@ -23,15 +23,13 @@ import {
   stageKey,
 } from "./image.js";
 import {
-  balancedOver,
-  clusterStatus,
   logTail,
   type Proc,
   repo,
   spawnNode,
   stopAll,
   stopProc,
-  waitFor,
+  waitForBalanced,
 } from "./procs.js";
 
 const APPS = ["worker", "coordinator", "cli"] as const;
@@ -184,9 +182,11 @@ describe("deploy/ images, built without Docker and started", () => {
       );
     }
     try {
-      await waitFor(
+      await waitForBalanced(
         "both workers own shards",
-        async () => balancedOver(await clusterStatus(nc, "images"), ["image-w1", "image-w2"]),
+        nc,
+        "images",
+        ["image-w1", "image-w2"],
         45_000,
       );
       const cli = image("cli");

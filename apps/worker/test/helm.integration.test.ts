@@ -21,9 +21,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pinnedVersions, readDockerfile } from "./image.js";
 import {
-  balancedOver,
   buildApps,
-  clusterStatus,
   logTail,
   type Proc,
   repo,
@@ -31,6 +29,7 @@ import {
   stopAll,
   stopProc,
   waitFor,
+  waitForBalanced,
 } from "./procs.js";
 
 const HELM = join(repo, ".troupe/tools/bin/helm");
@@ -460,12 +459,11 @@ describe.skipIf(skip)("helm/troupe configuration, booted as local processes", ()
       started.push(supervised(id, p));
     }
     try {
-      const status = await waitFor(
+      const status = await waitForBalanced(
         "every worker owns its share of the shards",
-        async () => {
-          const s = await clusterStatus(nc, ns);
-          return balancedOver(s, workerIds) ? s : undefined;
-        },
+        nc,
+        ns,
+        workerIds,
         60_000,
       );
       expect(status.shardCount).toBe(
@@ -510,9 +508,11 @@ describe.skipIf(skip)("helm/troupe configuration, booted as local processes", ()
     const t0 = Date.now();
     expect(await (started[nCoord] as Container).stop()).toBe(0);
     expect(Date.now() - t0).toBeLessThan(grace * 1000);
-    await waitFor(
+    await waitForBalanced(
       "the remaining workers own every shard",
-      async () => balancedOver(await clusterStatus(nc, ns), workerIds.slice(1)),
+      nc,
+      ns,
+      workerIds.slice(1),
       30_000,
     );
   }, 180_000);

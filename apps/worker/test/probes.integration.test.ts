@@ -11,13 +11,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   buildApps,
   COORDINATOR_MAIN,
-  logTail,
   type Proc,
-  procs,
+  printLogsIfAsked,
   repo,
   spawnNode,
-  stopAll,
   stopProc,
+  teardown,
   WORKER_MAIN,
   waitFor,
 } from "./procs.js";
@@ -96,10 +95,9 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  if (process.env.TROUPE_TEST_LOGS === "1") for (const p of procs) console.log(logTail(p, 400));
+  printLogsIfAsked();
   await client?.close().catch(() => {});
-  await stopAll();
-  await server?.cleanup();
+  await teardown(server);
 }, 60_000);
 
 describe("worker and coordinator probes", () => {

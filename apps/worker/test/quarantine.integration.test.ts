@@ -6,23 +6,24 @@
  * before new ones.
  */
 import { join } from "node:path";
-import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { connect, type TroupeClient } from "@troupe/nats";
-import { type NatsServerHandle, natsServerMissing, startNatsServer } from "@troupe/testkit";
+import { type NatsServerHandle, natsServerMissing } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   buildApps,
-  COORDINATOR_MAIN,
-  clusterStatus,
+  connectedServer,
   logTail,
   procs,
   repo,
   runCli,
-  spawnNode,
-  stopAll,
+  spawnCoordinator,
+  spawnWorker,
   stopProc,
-  WORKER_MAIN,
+  type Target,
+  teardown,
   waitFor,
+  waitForAllShards,
 } from "./procs.js";
 
 const FIXTURE = join(repo, "apps/worker/test/fixtures/quarantine-log.mjs");
@@ -39,51 +40,22 @@ let client: TroupeClient;
 /** Runs the built `troupe` CLI against this cluster. */
 const troupe = (...args: string[]) => runCli(server.url, NAMESPACE, ...args);
 
-function startWorker() {
-  return spawnNode(WORKER, WORKER_MAIN, [
-    "--nats",
-    server.url,
-    "--namespace",
-    NAMESPACE,
-    "--agents",
-    FIXTURE,
-    "--id",
-    WORKER,
-  ]);
-}
+const target = (): Target => ({ servers: server.url, namespace: NAMESPACE });
+const startWorker = () => spawnWorker(target(), { id: WORKER, agents: [FIXTURE] });
+const startCoordinator = () => spawnCoordinator(target(), { shards: SHARDS });
 
-async function ownsAll(): Promise<void> {
-  await waitFor(
-    "the worker to own every shard",
-    async () => {
-      const s = await clusterStatus(nc, NAMESPACE);
-      return s !== undefined && s.workers.find((w) => w.id === WORKER)?.shards.length === SHARDS;
-    },
-    60_000,
-  );
-}
+const ownsAll = () => waitForAllShards(nc, NAMESPACE, WORKER, SHARDS, 60_000);
 
 interface Listed {
   agents: { address: string; reason: string; by: string; held: number }[];
 }
-
-const startCoordinator = () =>
-  spawnNode("coordinator", COORDINATOR_MAIN, [
-    "--nats",
-    server.url,
-    "--namespace",
-    NAMESPACE,
-    "--shards",
-    String(SHARDS),
-  ]);
 
 describe.skipIf(natsMissing !== undefined)(
   `quarantine across a worker restart ${natsMissing ?? ""}`,
   () => {
     beforeAll(async () => {
       await buildApps();
-      server = await startNatsServer();
-      nc = await natsConnect({ servers: server.url });
+      ({ server, nc } = await connectedServer());
       startCoordinator();
       startWorker();
       try {
@@ -101,9 +73,7 @@ describe.skipIf(natsMissing !== undefined)(
 
     afterAll(async () => {
       await client?.close().catch(() => {});
-      await stopAll();
-      await nc?.close().catch(() => {});
-      await server?.cleanup();
+      await teardown(server, nc);
     }, 60_000);
 
     it("stays quarantined with its held messages after worker and coordinator SIGKILLs; release delivers them in order first", async () => {

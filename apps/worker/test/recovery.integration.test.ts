@@ -5,10 +5,10 @@
  * acknowledgement for shards it lost, no second live activation. Counts, order and
  * duplicates are checked at the end.
  */
-import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import type { ClusterStatus } from "@troupe/coordinator";
 import { ACK_WAIT_MS } from "@troupe/nats/internal";
-import { type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import type { NatsServerHandle } from "@troupe/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ActivationWatch,
@@ -21,18 +21,20 @@ import {
   workerStatus,
 } from "./chaos.js";
 import {
-  balancedOver,
   buildApps,
-  COORDINATOR_MAIN,
   clusterStatus,
+  connectedServer,
   logTail,
   type Proc,
+  printLogsIfAsked,
   procs,
-  spawnNode,
-  stopAll,
+  spawnCoordinator,
+  spawnWorker,
   stopProc,
-  WORKER_MAIN,
+  type Target,
+  teardown,
   waitFor,
+  waitForBalanced,
 } from "./procs.js";
 
 const NAMESPACE = "recovery";
@@ -47,50 +49,29 @@ let nc: NatsConnection;
 let load: OrderedLoad | undefined;
 
 const status = (): Promise<ClusterStatus | undefined> => clusterStatus(nc, NAMESPACE);
-const natsArgs = () => ["--nats", server.url, "--namespace", NAMESPACE];
+const target = (): Target => ({ servers: server.url, namespace: NAMESPACE });
 const startWorker = (id: string) =>
-  spawnNode(id, WORKER_MAIN, [
-    ...natsArgs(),
-    "--agents",
-    ORDERED_COUNTER,
-    "--id",
-    id,
-    "--lease-ms",
-    String(LEASE_MS),
-  ]);
+  spawnWorker(target(), { id, agents: [ORDERED_COUNTER], leaseMs: LEASE_MS });
 
 beforeAll(async () => {
   await buildApps();
-  server = await startNatsServer();
-  nc = await natsConnect({ servers: server.url });
+  ({ server, nc } = await connectedServer());
 }, 300_000);
 
 afterAll(async () => {
-  if (process.env.TROUPE_TEST_LOGS === "1") for (const p of procs) console.log(logTail(p, 400));
+  printLogsIfAsked();
   await load?.close();
-  await stopAll();
-  await nc?.close().catch(() => {});
-  await server?.cleanup();
+  await teardown(server, nc);
 }, 60_000);
 
 describe("worker faults under load", () => {
   it("resumes a SIGKILLed worker's agents at once, and fences a SIGSTOPped one", async () => {
     const workers = new Map<string, Proc>();
     try {
-      spawnNode("coord", COORDINATOR_MAIN, [
-        ...natsArgs(),
-        "--shards",
-        String(SHARDS),
-        "--lease-ms",
-        String(LEASE_MS),
-        "--id",
-        "coord",
-      ]);
+      spawnCoordinator(target(), { shards: SHARDS, leaseMs: LEASE_MS, id: "coord" });
       await waitFor("a leader", async () => (await status())?.leader === "coord", 60_000);
       for (const id of ["w1", "w2", "w3"]) workers.set(id, startWorker(id));
-      await waitFor("three balanced workers", async () =>
-        balancedOver(await status(), ["w1", "w2", "w3"]),
-      );
+      await waitForBalanced("three balanced workers", nc, NAMESPACE, ["w1", "w2", "w3"]);
 
       load = new OrderedLoad({
         urls: [server.url],
@@ -124,11 +105,7 @@ describe("worker faults under load", () => {
       expect(Math.max(...rec.ms)).toBeLessThan(ACK_WAIT_MS);
       await workers.get("w3")!.exited;
       workers.set("w3", startWorker("w3"));
-      await waitFor(
-        "w3 back and balanced",
-        async () => balancedOver(await status(), ["w1", "w2", "w3"]),
-        60_000,
-      );
+      await waitForBalanced("w3 back and balanced", nc, NAMESPACE, ["w1", "w2", "w3"], 60_000);
 
       // --- SIGSTOP past the lease, SIGCONT: the stale worker fences itself -------------------
       await watch.poll(incarnations());
@@ -171,11 +148,7 @@ describe("worker faults under load", () => {
         20_000,
       );
       // keep sending while w2 is back: it must rejoin and take shards by handoff
-      await waitFor(
-        "w2 to own shards again",
-        async () => balancedOver(await status(), ["w1", "w2", "w3"]),
-        60_000,
-      );
+      await waitForBalanced("w2 to own shards again", nc, NAMESPACE, ["w1", "w2", "w3"], 60_000);
       await new Promise((r) => setTimeout(r, 3000));
       await load.stop();
       const verdict = await verifyCounts(load, AGENTS, 90_000);

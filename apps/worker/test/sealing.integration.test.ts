@@ -9,23 +9,24 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { namespaceNames } from "@troupe/nats";
-import { type NatsServerHandle, natsServerMissing, startNatsServer } from "@troupe/testkit";
+import { type NatsServerHandle, natsServerMissing } from "@troupe/testkit";
 import { peekEnvelope } from "@troupe/wire";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   buildApps,
-  COORDINATOR_MAIN,
-  clusterStatus,
+  connectedServer,
   logTail,
   procs,
   repo,
   runCli,
-  spawnNode,
-  stopAll,
-  WORKER_MAIN,
+  spawnCoordinator,
+  spawnWorker,
+  type Target,
+  teardown,
   waitFor,
+  waitForAllShards,
 } from "./procs.js";
 
 const FIXTURE = join(repo, "apps/worker/test/fixtures/ordered-counter.mjs");
@@ -45,6 +46,7 @@ let keys: string;
 let wrongKeys: string;
 
 const troupe = (...args: string[]) => runCli(server.url, NAMESPACE, ...args);
+const target = (): Target => ({ servers: server.url, namespace: NAMESPACE });
 
 describe.skipIf(natsMissing !== undefined)(`sealed agent traffic ${natsMissing ?? ""}`, () => {
   beforeAll(async () => {
@@ -56,22 +58,15 @@ describe.skipIf(natsMissing !== undefined)(`sealed agent traffic ${natsMissing ?
     await mkdir(wrongKeys);
     await writeFile(join(keys, "main"), `${"5a".repeat(32)}\n`);
     await writeFile(join(wrongKeys, "main"), Buffer.alloc(32, 7));
-    server = await startNatsServer();
-    nc = await natsConnect({ servers: server.url });
-    const nats = ["--nats", server.url, "--namespace", NAMESPACE];
-    spawnNode("coordinator", COORDINATOR_MAIN, [...nats, "--shards", String(SHARDS)]);
-    spawnNode(WORKER, WORKER_MAIN, [...nats, "--agents", FIXTURE, "--id", WORKER], {
+    ({ server, nc } = await connectedServer());
+    spawnCoordinator(target(), { shards: SHARDS });
+    spawnWorker(target(), {
+      id: WORKER,
+      agents: [FIXTURE],
       env: { TROUPE_CHANNEL_KEYS_DIR: keys },
     });
     try {
-      await waitFor(
-        "the worker to own every shard",
-        async () => {
-          const s = await clusterStatus(nc, NAMESPACE);
-          return s?.workers.find((w) => w.id === WORKER)?.shards.length === SHARDS;
-        },
-        60_000,
-      );
+      await waitForAllShards(nc, NAMESPACE, WORKER, SHARDS, 60_000);
     } catch (e) {
       for (const p of procs) console.error(logTail(p));
       throw e;
@@ -79,9 +74,7 @@ describe.skipIf(natsMissing !== undefined)(`sealed agent traffic ${natsMissing ?
   }, 300_000);
 
   afterAll(async () => {
-    await stopAll();
-    await nc?.close().catch(() => {});
-    await server?.cleanup();
+    await teardown(server, nc);
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   }, 60_000);
 
@@ -173,12 +166,12 @@ describe.skipIf(natsMissing !== undefined)(`sealed agent traffic ${natsMissing ?
     const bad = join(dir, "bad");
     await mkdir(bad);
     await writeFile(join(bad, "main"), "not a key");
-    const p = spawnNode(
-      "worker-bad",
-      WORKER_MAIN,
-      ["--nats", server.url, "--namespace", NAMESPACE, "--agents", FIXTURE, "--id", "bad"],
-      { env: { TROUPE_CHANNEL_KEYS_DIR: bad } },
-    );
+    const p = spawnWorker(target(), {
+      id: "bad",
+      name: "worker-bad",
+      agents: [FIXTURE],
+      env: { TROUPE_CHANNEL_KEYS_DIR: bad },
+    });
     expect(await p.exited).toBe(2);
     expect(p.logs.join("\n")).toContain(`${join(bad, "main")} is not a key`);
   });

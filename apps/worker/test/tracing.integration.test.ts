@@ -14,7 +14,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
-import { headers, type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
+import { headers, type NatsConnection } from "@nats-io/transport-node";
 import { trace } from "@opentelemetry/api";
 import type { ClusterStatus } from "@troupe/coordinator";
 import type { PlanReply } from "@troupe/example-demo";
@@ -26,22 +26,10 @@ import {
   type TroupeClient,
 } from "@troupe/nats";
 import { startTelemetry, type Telemetry } from "@troupe/telemetry";
-import { type NatsServerHandle, startNatsServer } from "@troupe/testkit";
+import type { NatsServerHandle } from "@troupe/testkit";
 import { encodeFrame, newMessageId } from "@troupe/wire";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  balancedOver,
-  buildApps,
-  COORDINATOR_MAIN,
-  clusterStatus,
-  logTail,
-  procs,
-  repo,
-  spawnNode,
-  stopAll,
-  WORKER_MAIN,
-  waitFor,
-} from "./procs.js";
+import { buildApps, connectedServer, repo, startBalanced, teardown, waitFor } from "./procs.js";
 
 const NAMESPACE = "traced";
 const SHARDS = 8;
@@ -195,30 +183,12 @@ function otelEnv(service?: string): Record<string, string> {
 beforeAll(async () => {
   endpoint = await receiver.listen();
   await buildApps();
-  server = await startNatsServer();
-  nc = await natsConnect({ servers: server.url });
-  const nats = ["--nats", server.url, "--namespace", NAMESPACE];
-  spawnNode("coordinator", COORDINATOR_MAIN, [...nats, "--shards", String(SHARDS)], {
-    env: otelEnv(),
-  });
-  for (const id of WORKERS) {
-    spawnNode(id, WORKER_MAIN, [...nats, "--agents", ...AGENT_MODULES, "--id", id], {
-      env: otelEnv(),
-    });
-  }
-  try {
-    placement = await waitFor(
-      "both workers to own their shards",
-      async () => {
-        const s = await clusterStatus(nc, NAMESPACE);
-        return balancedOver(s, WORKERS) ? s : undefined;
-      },
-      60_000,
-    );
-  } catch (e) {
-    for (const p of procs) console.log(logTail(p));
-    throw e;
-  }
+  ({ server, nc } = await connectedServer());
+  placement = await startBalanced(
+    nc,
+    { servers: server.url, namespace: NAMESPACE },
+    { shards: SHARDS, workers: WORKERS, agents: AGENT_MODULES, env: otelEnv() },
+  );
   // this process is a client with its own SDK, exporting to the same receiver
   telemetry = startTelemetry({
     serviceName: "troupe-test-client",
@@ -231,9 +201,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await client?.close().catch(() => {});
   await telemetry?.shutdown();
-  await stopAll();
-  await nc?.close().catch(() => {});
-  await server?.cleanup();
+  await teardown(server, nc);
   await new Promise((r) => receiver.server.close(r));
 }, 60_000);
 
