@@ -25,7 +25,9 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /src/.image/ ./
 # Production dependencies of this app's workspaces only (workspace siblings are symlinks).
-RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev --no-audit --no-fund --workspace=@troupe/cli
+# `troupe dev` finds and runs nats-server through @troupe/testkit; its optional
+# testcontainers path is for test machines with Docker, not for this image.
+RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev --omit=optional --no-audit --no-fund --workspace=@troupe/cli
 USER node
 ENTRYPOINT ["node", "apps/cli/dist/main.js"]
 CMD ["--help"]
