@@ -1,4 +1,4 @@
-/** Wire benchmarks at 256 B: XChaCha20-Poly1305 (pure noble vs the node:crypto hybrid) and the codec. */
+/** Wire benchmarks at 256 B: XChaCha20-Poly1305 (noble, the node:crypto hybrid, libsodium) and the codec. */
 import { randomBytes } from "node:crypto";
 import { xchacha20poly1305 } from "@noble/ciphers/chacha.js";
 import {
@@ -12,7 +12,11 @@ import {
   sealFrame,
   WIRE_VERSION,
 } from "@troupe/wire";
-import { nodeXChaCha20Poly1305 } from "@troupe/wire/internal";
+import {
+  defaultXChaCha20Poly1305,
+  libsodiumXChaCha20Poly1305,
+  nodeXChaCha20Poly1305,
+} from "@troupe/wire/internal";
 
 export interface BenchRow {
   name: string;
@@ -104,15 +108,23 @@ export async function runCryptoBench(options: CryptoBenchOptions = {}): Promise<
     note: aeadNote,
   });
   await breathe();
-  rows.push({
-    name: "xchacha20poly1305 seal+open (node:crypto + noble hchacha)",
-    opsPerSec: measure(() => {
-      nodeXChaCha20Poly1305.sealInto(key, nonce, aad, plaintext, sealedOut, 0);
-      sink += nodeXChaCha20Poly1305.open(key, nonce, aad, sealedOut).length;
-    }, durationMs),
-    note: `${aeadNote}; the default`,
-  });
-  await breathe();
+  const implementations = [
+    { impl: nodeXChaCha20Poly1305, label: "node:crypto + noble hchacha" },
+    ...(libsodiumXChaCha20Poly1305 === undefined
+      ? []
+      : [{ impl: libsodiumXChaCha20Poly1305, label: "libsodium, sodium-native" }]),
+  ];
+  for (const { impl, label } of implementations) {
+    rows.push({
+      name: `xchacha20poly1305 seal+open (${label})`,
+      opsPerSec: measure(() => {
+        impl.sealInto(key, nonce, aad, plaintext, sealedOut, 0);
+        sink += impl.open(key, nonce, aad, sealedOut).length;
+      }, durationMs),
+      note: impl === defaultXChaCha20Poly1305 ? `${aeadNote}; the default` : aeadNote,
+    });
+    await breathe();
+  }
 
   // The codec and whole sealed frames with an event-like payload of about 256 B.
   const frame = sampleFrame(eventPayload());

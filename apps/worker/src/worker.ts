@@ -23,6 +23,7 @@ import {
   type SealingConfig,
 } from "@troupe/runtime";
 import { ErrorCode, TroupeError } from "@troupe/wire";
+import { defaultXChaCha20Poly1305 } from "@troupe/wire/internal";
 import { serveReplay } from "./replay-control.js";
 
 /** A logger that can make children (pino's shape); libraries get a child each. */
@@ -139,6 +140,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
             : {
                 sealWith: options.sealing.sealWith ?? Object.keys(options.sealing.keys)[0],
                 keys: Object.keys(options.sealing.keys),
+                aead: defaultXChaCha20Poly1305.name,
               },
       },
       "worker started",

@@ -115,6 +115,26 @@ describe("sealing configuration", () => {
     const ok = await createRuntime({ sealing: { keys: { only: OLD } } });
     await ok.shutdown();
   });
+
+  it("refuses a TROUPE_AEAD it cannot honour (CONFIG_ERROR), and takes one it can", async () => {
+    const before = process.env.TROUPE_AEAD;
+    try {
+      process.env.TROUPE_AEAD = "openssl";
+      const err = await createRuntime({ sealing: { keys: { only: OLD } } }).catch(
+        (e: unknown) => e,
+      );
+      expect((err as TroupeError).code).toBe(ErrorCode.CONFIG_ERROR);
+      expect((err as TroupeError).message).toContain(
+        "TROUPE_AEAD must be libsodium, node or noble",
+      );
+      process.env.TROUPE_AEAD = "noble";
+      const ok = await createRuntime({ sealing: { keys: { only: OLD } } });
+      await ok.shutdown();
+    } finally {
+      if (before === undefined) delete process.env.TROUPE_AEAD;
+      else process.env.TROUPE_AEAD = before;
+    }
+  });
 });
 
 describe("sealed agent traffic (embedded backend)", () => {

@@ -1,5 +1,6 @@
 /** Channel crypto: frames sealed with XChaCha20-Poly1305, channel keys from X25519 + HKDF-SHA-256. */
 import { createCipheriv, createDecipheriv, getCiphers, randomFillSync } from "node:crypto";
+import { createRequire } from "node:module";
 import { hchacha, xchacha20poly1305 } from "@noble/ciphers/chacha.js";
 import { x25519 } from "@noble/curves/ed25519.js";
 import { hkdf } from "@noble/hashes/hkdf.js";
@@ -117,22 +118,133 @@ export const nodeXChaCha20Poly1305: XChaCha20Poly1305 = {
   },
 };
 
-/*
- * The default is the node:crypto hybrid whenever this Node has ChaCha20-Poly1305 (OpenSSL
- * builds without it, e.g. FIPS, fall back to noble). Measured with bench/src/crypto.ts on the
- * 2-core build machine (Node 20.20, shared and noisy), seal + open of 256 B with 150 B of
- * associated data, three runs:
- *   noble xchacha20poly1305        52,000-55,000 ops/s
- *   node:crypto + noble hchacha    98,000-118,000 ops/s  (about 2.1x)
- * Most of the hybrid's remaining cost is node creating an OpenSSL cipher context per call.
- * Both give byte-identical output: test/crypto.test.ts checks the draft's A.3.1 vector,
- * Wycheproof vectors and random inputs against each other.
+/** What is used of sodium-native (libsodium's own XChaCha20-Poly1305, the draft's authors'). */
+interface Libsodium {
+  crypto_aead_xchacha20poly1305_ietf_encrypt(
+    c: Uint8Array,
+    m: Uint8Array,
+    ad: Uint8Array,
+    nsec: null,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ): number;
+  crypto_aead_xchacha20poly1305_ietf_decrypt(
+    m: Uint8Array,
+    nsec: null,
+    c: Uint8Array,
+    ad: Uint8Array,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ): number;
+}
+
+/** sodium-native's prebuilt addon, or why it cannot load here (no prebuild for the platform). */
+function loadLibsodium(): Libsodium | Error {
+  try {
+    return createRequire(import.meta.url)("sodium-native") as Libsodium;
+  } catch (e) {
+    return e instanceof Error ? e : new Error(String(e));
+  }
+}
+
+const libsodium = loadLibsodium();
+
+/**
+ * libsodium (sodium-native) when its addon loads on this platform: written straight into the
+ * frame, no cipher object per call. Undefined where it does not load.
  */
-export const defaultXChaCha20Poly1305: XChaCha20Poly1305 = getCiphers().includes(
-  "chacha20-poly1305",
-)
-  ? nodeXChaCha20Poly1305
-  : nobleXChaCha20Poly1305;
+export const libsodiumXChaCha20Poly1305: XChaCha20Poly1305 | undefined =
+  libsodium instanceof Error
+    ? undefined
+    : {
+        name: "libsodium",
+        sealInto(key, nonce, aad, plaintext, out, offset) {
+          libsodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            out.subarray(offset, offset + plaintext.length + TAG_BYTES),
+            plaintext,
+            aad,
+            null,
+            nonce,
+            key,
+          );
+        },
+        open(key, nonce, aad, sealed) {
+          if (sealed.length < TAG_BYTES) throw new Error("sealed data shorter than its tag");
+          // memory of its own (not a pooled slab): binaries decoded from it are kept as views
+          const plaintext = new Uint8Array(sealed.length - TAG_BYTES);
+          libsodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            plaintext,
+            null,
+            sealed,
+            aad,
+            nonce,
+            key,
+          );
+          return plaintext;
+        },
+      };
+
+/** The environment variable that picks the implementation: libsodium, node or noble. */
+export const AEAD_ENV = "TROUPE_AEAD";
+
+/*
+ * The default is libsodium where sodium-native's addon loads (prebuilds for Linux, macOS and
+ * Windows on x64 and arm64), else the node:crypto hybrid where this Node has
+ * ChaCha20-Poly1305 (OpenSSL builds without it, e.g. FIPS, fall back to noble). Measured with
+ * bench/src/crypto.ts on the 2-core build machine (Node 20.20, shared and noisy), seal + open
+ * of 256 B with 150 B of associated data:
+ *   noble xchacha20poly1305        52,000-55,000 ops/s
+ *   node:crypto + noble hchacha    98,000-118,000 ops/s  (about 2.1x; most of it is OpenSSL
+ *                                  building a cipher context per call)
+ *   libsodium (sodium-native)      see docs/benchmarks.md
+ * All give byte-identical output: test/crypto.test.ts checks the draft's A.3.1 vector,
+ * Wycheproof vectors and random inputs against each other. TROUPE_AEAD=libsodium|node|noble
+ * picks one (an operator's way out should the addon misbehave); `chooseAead` throws
+ * CONFIG_ERROR for a choice it cannot honour.
+ */
+export function chooseAead(choice: string | undefined): XChaCha20Poly1305 {
+  const node = getCiphers().includes("chacha20-poly1305") ? nodeXChaCha20Poly1305 : undefined;
+  switch (choice) {
+    case undefined:
+    case "":
+      return libsodiumXChaCha20Poly1305 ?? node ?? nobleXChaCha20Poly1305;
+    case "libsodium":
+      if (libsodiumXChaCha20Poly1305 === undefined) {
+        throw new TroupeError(
+          ErrorCode.CONFIG_ERROR,
+          `${AEAD_ENV}=libsodium, but sodium-native does not load here: ${(libsodium as Error).message}`,
+        );
+      }
+      return libsodiumXChaCha20Poly1305;
+    case "node":
+      if (node === undefined) {
+        throw new TroupeError(
+          ErrorCode.CONFIG_ERROR,
+          `${AEAD_ENV}=node, but this Node's OpenSSL has no chacha20-poly1305`,
+        );
+      }
+      return node;
+    case "noble":
+      return nobleXChaCha20Poly1305;
+    default:
+      throw new TroupeError(
+        ErrorCode.CONFIG_ERROR,
+        `${AEAD_ENV} must be libsodium, node or noble (or unset), got ${JSON.stringify(choice)}`,
+      );
+  }
+}
+
+/**
+ * What seals and opens frames: TROUPE_AEAD's choice, or the automatic one when it is unset or
+ * cannot be honoured (a runtime given channel keys refuses that at start: see Sealing).
+ */
+export const defaultXChaCha20Poly1305: XChaCha20Poly1305 = (() => {
+  try {
+    return chooseAead(process.env[AEAD_ENV]);
+  } catch {
+    return chooseAead(undefined);
+  }
+})();
 
 // Nonces come from a pooled buffer: one randomFillSync per 256 frames instead of one per frame
 // (a call costs about as much as sealing 256 bytes). They are public values, so pooling is safe.

@@ -10,7 +10,10 @@ export {
   TAG_BYTES,
 } from "./codec.js";
 export {
+  AEAD_ENV,
+  chooseAead,
   defaultXChaCha20Poly1305,
+  libsodiumXChaCha20Poly1305,
   nobleXChaCha20Poly1305,
   nodeXChaCha20Poly1305,
   type XChaCha20Poly1305,

@@ -2,6 +2,8 @@ import { hkdfSync } from "node:crypto";
 import { Packr } from "msgpackr";
 import { describe, expect, it } from "vitest";
 import {
+  AEAD_ENV,
+  chooseAead,
   DEFAULT_LIMITS,
   decodeFrame,
   defaultXChaCha20Poly1305,
@@ -13,6 +15,7 @@ import {
   isKeyName,
   keyChannel,
   keyNameOf,
+  libsodiumXChaCha20Poly1305,
   newMessageId,
   nobleXChaCha20Poly1305,
   nodeXChaCha20Poly1305,
@@ -23,7 +26,16 @@ import {
 } from "../src/internal.js";
 import { createRandom, expectCode, hex, sampleFrame, toHexString } from "./helpers.js";
 
-const IMPLEMENTATIONS: XChaCha20Poly1305[] = [nobleXChaCha20Poly1305, nodeXChaCha20Poly1305];
+/** sodium-native ships prebuilt addons for these; elsewhere libsodium may not load. */
+const LIBSODIUM_PREBUILT =
+  ["linux", "darwin", "win32"].includes(process.platform) &&
+  ["x64", "arm64"].includes(process.arch);
+
+const IMPLEMENTATIONS: XChaCha20Poly1305[] = [
+  nobleXChaCha20Poly1305,
+  nodeXChaCha20Poly1305,
+  ...(libsodiumXChaCha20Poly1305 === undefined ? [] : [libsodiumXChaCha20Poly1305]),
+];
 
 function seal(
   impl: XChaCha20Poly1305,
@@ -114,8 +126,28 @@ const WYCHEPROOF = [
 ];
 
 describe("XChaCha20-Poly1305 implementations", () => {
-  it("the default is the node:crypto hybrid", () => {
-    expect(defaultXChaCha20Poly1305).toBe(nodeXChaCha20Poly1305);
+  it("libsodium loads where sodium-native has prebuilt addons, and is the default", () => {
+    if (!LIBSODIUM_PREBUILT) return;
+    expect(libsodiumXChaCha20Poly1305?.name).toBe("libsodium");
+    expect(chooseAead(undefined)).toBe(libsodiumXChaCha20Poly1305);
+    expect(chooseAead("")).toBe(libsodiumXChaCha20Poly1305);
+    // the default of this process, unless its environment picked one
+    if (!process.env[AEAD_ENV]) expect(defaultXChaCha20Poly1305).toBe(libsodiumXChaCha20Poly1305);
+  });
+
+  it(`${AEAD_ENV} picks one; an unknown or unusable choice is a CONFIG_ERROR`, () => {
+    expect(chooseAead("node")).toBe(nodeXChaCha20Poly1305);
+    expect(chooseAead("noble")).toBe(nobleXChaCha20Poly1305);
+    if (libsodiumXChaCha20Poly1305 !== undefined) {
+      expect(chooseAead("libsodium")).toBe(libsodiumXChaCha20Poly1305);
+    } else {
+      expectCode(() => chooseAead("libsodium"), ErrorCode.CONFIG_ERROR, /does not load here/);
+    }
+    expectCode(
+      () => chooseAead("openssl"),
+      ErrorCode.CONFIG_ERROR,
+      /TROUPE_AEAD must be libsodium, node or noble \(or unset\), got "openssl"/,
+    );
   });
 
   for (const impl of IMPLEMENTATIONS) {
@@ -140,18 +172,23 @@ describe("XChaCha20-Poly1305 implementations", () => {
     });
   }
 
-  it("both give byte-identical output on random inputs, and open each other's", () => {
+  it("all give byte-identical output on random inputs, and open each other's", () => {
     const random = createRandom(0x5eed);
     for (let i = 0; i < 400; i++) {
       const key = random.bytes(32);
       const nonce = random.bytes(24);
       const aad = random.bytes(random.int(100));
       const pt = random.bytes(random.pick([0, 1, 15, 16, 17, 63, 64, 65, 255, 256, 1000, 5000]));
-      const a = seal(nobleXChaCha20Poly1305, key, nonce, aad, pt);
-      const b = seal(nodeXChaCha20Poly1305, key, nonce, aad, pt);
-      expect(toHexString(b)).toBe(toHexString(a));
-      expect(toHexString(nodeXChaCha20Poly1305.open(key, nonce, aad, a))).toBe(toHexString(pt));
-      expect(toHexString(nobleXChaCha20Poly1305.open(key, nonce, aad, b))).toBe(toHexString(pt));
+      const reference = toHexString(seal(nobleXChaCha20Poly1305, key, nonce, aad, pt));
+      for (const impl of IMPLEMENTATIONS) {
+        const sealed = seal(impl, key, nonce, aad, pt);
+        expect(toHexString(sealed), impl.name).toBe(reference);
+        for (const opener of IMPLEMENTATIONS) {
+          expect(toHexString(opener.open(key, nonce, aad, sealed)), opener.name).toBe(
+            toHexString(pt),
+          );
+        }
+      }
     }
   });
 
