@@ -42,6 +42,11 @@ export interface XChaCha20Poly1305 {
   ): void;
   /** Returns the plaintext of ciphertext ‖ tag; throws (any error) when authentication fails. */
   open(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, sealed: Uint8Array): Uint8Array;
+  /**
+   * True when `open` returns a view of pooled memory (shared with other allocations): what is
+   * decoded from it must not keep views of it. Otherwise the plaintext is the caller's alone.
+   */
+  readonly pooledPlaintext?: boolean;
 }
 
 /** The reference: @noble/ciphers end to end. */
@@ -168,10 +173,12 @@ export const libsodiumXChaCha20Poly1305: XChaCha20Poly1305 | undefined =
             key,
           );
         },
+        // a standalone ArrayBuffer per plaintext showed in profiles of a sealed worker: pooled
+        // memory instead, and binaries in the message are copied out of it
+        pooledPlaintext: true,
         open(key, nonce, aad, sealed) {
           if (sealed.length < TAG_BYTES) throw new Error("sealed data shorter than its tag");
-          // memory of its own (not a pooled slab): binaries decoded from it are kept as views
-          const plaintext = new Uint8Array(sealed.length - TAG_BYTES);
+          const plaintext = allocateFrame(sealed.length - TAG_BYTES);
           libsodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
             plaintext,
             null,
@@ -358,7 +365,13 @@ export function openFrame(
       );
     }
     const envelope = decodeEnvelope(plainView(bytes), FRAME_HEADER_BYTES, envelopeEnd, version);
-    const message = decodeMessage(plainView(plaintext), 0, plaintext.length, limits, false);
+    const message = decodeMessage(
+      plainView(plaintext),
+      0,
+      plaintext.length,
+      limits,
+      defaultXChaCha20Poly1305.pooledPlaintext === true,
+    );
     return { envelope, message };
   } catch (e) {
     guardDecode(e);

@@ -240,6 +240,23 @@ describe("sealed frames", () => {
     }
   });
 
+  it("opened binaries are memory of their own, not views of a shared plaintext buffer", () => {
+    const frame = sampleFrame({
+      message: { kind: "data", payload: { a: new Uint8Array(16).fill(1), b: new Uint8Array(8) } },
+    });
+    const opened = openFrame(sealFrame(frame, key), key).message.payload as Record<
+      string,
+      Uint8Array
+    >;
+    expect(opened.a!.buffer.byteLength).toBe(16);
+    expect(opened.b!.buffer.byteLength).toBe(8);
+    const bytes = openFrame(
+      sealFrame(sampleFrame({ message: { kind: "bytes", payload: new Uint8Array(5) } }), key),
+      key,
+    );
+    expect((bytes.message.payload as Uint8Array).buffer.byteLength).toBe(5);
+  });
+
   it("uses a fresh nonce for every frame", () => {
     const nonces = new Set<string>();
     const frame = sampleFrame();
