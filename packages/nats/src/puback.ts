@@ -39,6 +39,70 @@ interface Waiting {
 const SWEEP_MS = 100;
 const decoder = new TextDecoder();
 
+const STREAM_KEY = new TextEncoder().encode('{"stream":"');
+const SEQ_KEY = new TextEncoder().encode('","seq":');
+const DUPLICATE_TAIL = new TextEncoder().encode(',"duplicate":true}');
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const CLOSE = 0x7d;
+
+function matches(data: Uint8Array, at: number, part: Uint8Array): boolean {
+  if (at + part.length > data.length) return false;
+  for (let i = 0; i < part.length; i++) if (data[at + i] !== part[i]) return false;
+  return true;
+}
+
+/**
+ * Reads the PubAcks nats-server nearly always sends — exactly `{"stream":"<name>","seq":<n>}`,
+ * or with `,"duplicate":true` before the brace — without JSON.parse and a string per field;
+ * anything else (a domain, an error, other fields, other spacing) is left to JSON.parse. The
+ * stream name is decoded once and reused while it stays the same (one stream per window).
+ */
+export class QuickPubAck {
+  #name: Uint8Array = new Uint8Array(0);
+  #stream = "";
+
+  read(data: Uint8Array): { stream: string; seq: number; duplicate: boolean } | undefined {
+    if (!matches(data, 0, STREAM_KEY)) return undefined;
+    const nameStart = STREAM_KEY.length;
+    let at = nameStart;
+    while (at < data.length && data[at] !== QUOTE) {
+      const c = data[at]!;
+      if (c === BACKSLASH || c < 0x20 || c > 0x7e) return undefined; // escapes, non-ASCII
+      at++;
+    }
+    if (at === nameStart || !matches(data, at, SEQ_KEY)) return undefined;
+    const nameEnd = at;
+    at += SEQ_KEY.length;
+    let seq = 0;
+    const digitsStart = at;
+    while (at < data.length && data[at]! >= 0x30 && data[at]! <= 0x39) {
+      seq = seq * 10 + (data[at]! - 0x30);
+      at++;
+    }
+    // a number JSON.parse would read the same: no leading zero, at most 15 digits
+    const digits = at - digitsStart;
+    if (digits === 0 || digits > 15 || (digits > 1 && data[digitsStart] === 0x30)) return undefined;
+    let duplicate: boolean;
+    if (at === data.length - 1 && data[at] === CLOSE) duplicate = false;
+    else if (at + DUPLICATE_TAIL.length === data.length && matches(data, at, DUPLICATE_TAIL)) {
+      duplicate = true;
+    } else return undefined;
+    return { stream: this.#streamName(data, nameStart, nameEnd), seq, duplicate };
+  }
+
+  #streamName(data: Uint8Array, start: number, end: number): string {
+    const cached = this.#name;
+    let same = cached.length === end - start;
+    for (let i = 0; same && i < cached.length; i++) same = cached[i] === data[start + i];
+    if (!same) {
+      this.#name = data.slice(start, end);
+      this.#stream = decoder.decode(this.#name);
+    }
+    return this.#stream;
+  }
+}
+
 export class PubAckWindow {
   readonly #nc: NatsConnection;
   readonly #prefix: string;
@@ -48,6 +112,7 @@ export class PubAckWindow {
   #sweep: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #retiring = false;
+  readonly #quick = new QuickPubAck();
 
   constructor(nc: NatsConnection) {
     this.#nc = nc;
@@ -149,7 +214,7 @@ export class PubAckWindow {
       error?: { code: number; err_code: number; description: string };
     };
     try {
-      r = JSON.parse(decoder.decode(m.data));
+      r = this.#quick.read(m.data) ?? JSON.parse(decoder.decode(m.data));
     } catch (e) {
       w.reject(e);
       return;
