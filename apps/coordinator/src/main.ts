@@ -58,7 +58,7 @@ let probes: CoordinatorProbes | undefined;
 // an existing namespace keeps its count; only an explicit --shards must match it
 const shardsGiven = program.getOptionValueSource("shards") !== "default";
 
-async function start(): Promise<RunningCoordinator> {
+async function start(signal: AbortSignal): Promise<RunningCoordinator> {
   // probes first: /healthz answers (and /readyz says why not) while NATS is awaited
   probes = await startCoordinatorProbes({
     port: opts.httpPort === "off" ? undefined : opts.httpPort,
@@ -74,6 +74,8 @@ async function start(): Promise<RunningCoordinator> {
     leaseMs: opts.leaseMs,
     handoffTimeoutMs: opts.handoffTimeoutMs,
     logger,
+    // a stop signal during start-up: stop waiting for NATS or the namespace
+    signal,
     ...(opts.id === undefined ? {} : { id: opts.id }),
   });
   probes.metrics.label({ namespace: opts.namespace, coordinator: running.coordinator.id });

@@ -23,6 +23,11 @@ export interface CoordinatorServiceOptions {
   leaseMs?: number;
   handoffTimeoutMs?: number;
   id?: string;
+  /**
+   * Stops start-up while it waits for NATS or for the namespace to settle: the service then
+   * closes the connection and rejects with SHUTDOWN. Past those waits it is not looked at.
+   */
+  signal?: AbortSignal;
   logger: ParentLogger;
 }
 
@@ -45,6 +50,7 @@ export async function startCoordinatorService(
   const nc = await connectNats(options.servers, {
     name: `troupe-coordinator${options.id === undefined ? "" : `-${options.id}`}`,
     logger: log.child({ component: "nats" }),
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
   });
   const connection = watchConnection(nc);
   try {
@@ -57,6 +63,7 @@ export async function startCoordinatorService(
     const { shardCount } = await ensureNamespaceRetrying(nc, {
       ...ensure,
       logger: log.child({ component: "namespace" }),
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
     });
     const coordinator = createCoordinator({
       nc,

@@ -88,6 +88,28 @@ describe("startCoordinatorService", () => {
     await a.stop();
   });
 
+  it("stops waiting for NATS when its signal is aborted (SHUTDOWN)", async () => {
+    let waiting = false;
+    const logger: ParentLogger = {
+      ...quiet,
+      warn: () => {
+        waiting = true;
+      },
+      child: () => logger,
+    };
+    const abort = new AbortController();
+    const starting = startCoordinatorService({
+      servers: ["nats://127.0.0.1:1"],
+      namespace: "unreachable",
+      signal: abort.signal,
+      logger,
+    }).catch((e: unknown) => e);
+    while (!waiting) await new Promise((r) => setTimeout(r, 10));
+    abort.abort();
+    const err = await starting;
+    expect(isTroupeError(err) && err.code).toBe("SHUTDOWN");
+  });
+
   it("createCoordinator refuses bad settings", () => {
     const nc = {} as never;
     expect(() => createCoordinator({ nc, namespace: "x", id: "has.dot" })).toThrow(/invalid/);

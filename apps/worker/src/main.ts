@@ -68,7 +68,7 @@ const { logger } = troupe;
 let running: RunningWorker | undefined;
 let probes: WorkerProbes | undefined;
 
-async function start(): Promise<RunningWorker> {
+async function start(signal: AbortSignal): Promise<RunningWorker> {
   // probes first: /healthz answers (and /readyz says why not) while NATS is awaited
   const p = await startWorkerProbes({
     port: opts.httpPort === "off" ? undefined : opts.httpPort,
@@ -88,6 +88,8 @@ async function start(): Promise<RunningWorker> {
     logger,
     leaseMs: opts.leaseMs,
     onMessageHandled: p.metrics.onMessageHandled,
+    // a stop signal during start-up: stop waiting for NATS or the namespace
+    signal,
   };
   if (sealing !== undefined) options.sealing = sealing;
   if (opts.heartbeatMs !== undefined) options.heartbeatMs = opts.heartbeatMs;

@@ -44,6 +44,11 @@ export interface WorkerOptions {
   onMessageHandled?: (m: HandledMessage) => void;
   /** Seal agent traffic with these channel keys (see RuntimeConfig.sealing). */
   sealing?: SealingConfig;
+  /**
+   * Stops start-up while it waits for NATS or for the namespace: startWorker then closes the
+   * connection and rejects with SHUTDOWN. Past those waits it is not looked at.
+   */
+  signal?: AbortSignal;
   logger: ParentLogger;
 }
 
@@ -67,6 +72,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const nc = await connectNats(options.servers, {
     name: `troupe-worker${options.id === undefined ? "" : `-${options.id}`}`,
     logger: log.child({ component: "nats" }),
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
   });
   const connection = watchConnection(nc);
   try {
@@ -74,6 +80,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     const namespaceInfo = await openNamespace(nc, {
       namespace: options.namespace,
       logger: log.child({ component: "namespace" }),
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
     });
     const { shardCount } = namespaceInfo;
     const backend = await createNatsBackend({

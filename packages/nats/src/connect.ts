@@ -13,7 +13,13 @@ import { createRuntime, type Logger, type Runtime, type RuntimeConfig } from "@t
 import { ErrorCode, TroupeError } from "@troupe/wire";
 import { createNatsBackend, type NatsBackend } from "./backend.js";
 import { describeNatsError, messageOf } from "./errors.js";
-import { DEFAULT_NAMESPACE, openNamespace } from "./namespace.js";
+import {
+  DEFAULT_NAMESPACE,
+  openNamespace,
+  pause,
+  stoppedWaiting,
+  unlessAborted,
+} from "./namespace.js";
 
 const noop = () => {};
 const silent: Logger = { debug: noop, info: noop, warn: noop, error: noop };
@@ -28,7 +34,10 @@ export interface ConnectNatsOptions {
   waitMs?: number;
   /** Longest pause between attempts, ms. Default 5,000. */
   maxBackoffMs?: number;
-  /** Stops waiting (TRANSPORT_ERROR). */
+  /**
+   * Stops waiting (a process stopping while it starts): the call then rejects with SHUTDOWN
+   * at once; a connection the attempt under way still makes is closed.
+   */
   signal?: AbortSignal;
   /**
    * Further nats.js options (auth, TLS, …); `servers` comes from the first argument.
@@ -69,12 +78,11 @@ export async function connectNats(
   const where = list.join(",");
   const started = Date.now();
   const maxBackoff = options.maxBackoffMs ?? 5000;
+  const signal = options.signal;
   for (let attempt = 1; ; attempt++) {
-    if (options.signal?.aborted) {
-      throw new TroupeError(ErrorCode.TRANSPORT_ERROR, `stopped waiting for NATS at ${where}`);
-    }
+    if (signal?.aborted) throw stoppedWaiting(`NATS at ${where}`);
     try {
-      const nc = await natsConnect({
+      const connecting = natsConnect({
         ...options.nats,
         servers: list,
         name: options.name ?? options.nats?.name ?? "troupe",
@@ -87,6 +95,10 @@ export async function connectNats(
         noAsyncTraces: options.nats?.noAsyncTraces ?? true,
         waitOnFirstConnect: false,
       });
+      // (an attempt cannot be cancelled: one that connects after the abort is closed)
+      const nc = await unlessAborted(connecting, signal, `NATS at ${where}`, (late) => {
+        void late.close().catch(() => {});
+      });
       logger.info(
         { servers: list, server: nc.getServer(), attempt },
         `connected to NATS at ${nc.getServer()}`,
@@ -94,6 +106,7 @@ export async function connectNats(
       void logStatus(nc, logger);
       return nc;
     } catch (e) {
+      if (signal?.aborted) throw stoppedWaiting(`NATS at ${where}`);
       const name = (e as Error | null)?.name ?? "";
       if (TERMINAL.has(name)) {
         throw new TroupeError(
@@ -116,15 +129,7 @@ export async function connectNats(
         { servers: list, attempt, retryInMs, err: messageOf(e) },
         `waiting for NATS at ${where} (attempt ${attempt}: ${describeNatsError(e)})`,
       );
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(done, Math.max(0, retryInMs));
-        function done() {
-          clearTimeout(t);
-          options.signal?.removeEventListener("abort", done);
-          resolve();
-        }
-        options.signal?.addEventListener("abort", done, { once: true });
-      });
+      await pause(Math.max(0, retryInMs), signal);
     }
   }
 }

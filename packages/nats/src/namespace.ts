@@ -694,6 +694,11 @@ export interface OpenNamespaceOptions {
   shardCount?: number;
   /** Give up after waiting this long for the namespace to be created, ms. Default: for ever. */
   waitMs?: number;
+  /**
+   * Stops waiting (a process stopping while it starts): the call then rejects with SHUTDOWN at
+   * once, abandoning an attempt under way, and makes no further attempt.
+   */
+  signal?: AbortSignal;
   logger?: Logger;
 }
 
@@ -717,21 +722,23 @@ export function openNamespace(
  */
 export function ensureNamespaceRetrying(
   nc: NatsConnection,
-  options: EnsureNamespaceOptions & { waitMs?: number } = {},
+  options: EnsureNamespaceOptions & Pick<OpenNamespaceOptions, "waitMs" | "signal"> = {},
 ): Promise<NamespaceInfo> {
   return retrying(() => ensureNamespace(nc, options), options);
 }
 
 async function retrying(
   attempt: () => Promise<NamespaceInfo>,
-  options: { namespace?: string; waitMs?: number; logger?: Logger },
+  options: { namespace?: string; waitMs?: number; signal?: AbortSignal; logger?: Logger },
 ): Promise<NamespaceInfo> {
   const started = Date.now();
   let delay = 250;
   const said = new Set<string>();
+  const what = `namespace "${options.namespace ?? DEFAULT_NAMESPACE}"`;
   for (;;) {
+    if (options.signal?.aborted) throw stoppedWaiting(what);
     try {
-      return await attempt();
+      return await unlessAborted(attempt(), options.signal, what);
     } catch (e) {
       if (!isTransient(e)) throw e;
       const waited = Date.now() - started;
@@ -751,10 +758,66 @@ async function retrying(
       }
       let wait = delay;
       if (options.waitMs !== undefined) wait = Math.min(wait, options.waitMs - waited);
-      await new Promise((r) => setTimeout(r, Math.max(wait, 1)));
+      await pause(Math.max(wait, 1), options.signal);
       delay = Math.min(delay * 2, 5000);
     }
   }
+}
+
+/** The error of a wait given up because its signal was aborted: the caller is stopping. */
+export function stoppedWaiting(what: string): TroupeError {
+  return new TroupeError(ErrorCode.SHUTDOWN, `stopped waiting for ${what}`);
+}
+
+/** Resolves after `ms`, or as soon as `signal` is aborted. */
+export function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) {
+      resolve();
+      return;
+    }
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/**
+ * What `work` gives, or `stoppedWaiting(what)` as soon as `signal` is aborted. Work that
+ * finishes after that is handed to `late` (to close what it opened); its failure is ignored.
+ */
+export function unlessAborted<T>(
+  work: Promise<T>,
+  signal: AbortSignal | undefined,
+  what: string,
+  late: (value: T) => void = () => {},
+): Promise<T> {
+  if (signal === undefined) return work;
+  return new Promise<T>((resolve, reject) => {
+    const abandon = (): void => {
+      reject(stoppedWaiting(what));
+      work.then(late, () => {});
+    };
+    if (signal.aborted) {
+      abandon();
+      return;
+    }
+    signal.addEventListener("abort", abandon, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener("abort", abandon);
+        resolve(value);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", abandon);
+        reject(e);
+      },
+    );
+  });
 }
 
 /**

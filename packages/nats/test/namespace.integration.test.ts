@@ -22,7 +22,7 @@ import {
   subjectToken,
 } from "../src/index.js";
 import { parseServerVersion } from "../src/internal.js";
-import { freshNamespace } from "./helpers.js";
+import { freshNamespace, waitFor } from "./helpers.js";
 
 function fakeInfo(over: Record<string, unknown> = {}) {
   return { version: "2.10.0", jetstream: true, headers: true, max_payload: 1024 * 1024, ...over };
@@ -271,6 +271,30 @@ describe("ensureNamespace on a server", () => {
     expect(isNamespaceMissing(gaveUp)).toBe(true);
   });
 
+  it("openNamespace stops waiting when its signal is aborted (SHUTDOWN)", async () => {
+    const namespace = freshNamespace("ns");
+    const said: string[] = [];
+    const logger = {
+      info: (_o: unknown, msg?: string) => said.push(msg ?? ""),
+      warn: () => {},
+      error: () => {},
+      debug: () => {},
+    } as unknown as Logger;
+    const abort = new AbortController();
+    const opening = openNamespace(nc, { namespace, logger, signal: abort.signal }).catch(
+      (e: unknown) => e,
+    );
+    await waitFor("it to wait for the namespace", () =>
+      said.some((m) => m.includes("waiting for it")),
+    );
+    abort.abort();
+    const e = (await opening) as TroupeError;
+    expect(e.code).toBe(ErrorCode.SHUTDOWN);
+    expect(e.message).toBe(`stopped waiting for namespace "${namespace}"`);
+    // the connection is still usable: only the wait ended
+    expect(nc.isClosed()).toBe(false);
+  });
+
   it("refuses settings the server cannot have, with the server's reason", async () => {
     const e = await ensureNamespace(nc, { namespace: freshNamespace("ns"), replicas: 3 }).catch(
       (x: unknown) => x as TroupeError,
@@ -328,5 +352,29 @@ describe("connectNats", () => {
     )) as TroupeError;
     expect(e.code).toBe(ErrorCode.TRANSPORT_ERROR);
     expect(e.message).toContain("nats://127.0.0.1:1 is not reachable");
+  });
+
+  it("stops waiting when its signal is aborted (SHUTDOWN)", async () => {
+    const lines: string[] = [];
+    const logger: Logger = {
+      debug() {},
+      info() {},
+      warn: (_o, m) => lines.push(m ?? ""),
+      error() {},
+    };
+    const abort = new AbortController();
+    const connecting = connectNats("nats://127.0.0.1:1", { logger, signal: abort.signal }).catch(
+      (x: unknown) => x,
+    );
+    await waitFor("it to wait for NATS", () => lines.length > 0);
+    abort.abort();
+    const e = (await connecting) as TroupeError;
+    expect(e.code).toBe(ErrorCode.SHUTDOWN);
+    expect(e.message).toBe("stopped waiting for NATS at nats://127.0.0.1:1");
+    await expect(
+      connectNats("nats://127.0.0.1:1", { signal: AbortSignal.abort() }),
+    ).rejects.toMatchObject({
+      code: ErrorCode.SHUTDOWN,
+    });
   });
 });

@@ -104,11 +104,18 @@ export interface TroupeProcess {
   stopping(): boolean;
   /**
    * Starts the service (exits when that fails: 2 on a configuration error, 1 otherwise) and
-   * stops it on SIGTERM or SIGINT: stop, close the probes, flush telemetry, exit 0. A second
-   * signal exits at once (1).
+   * stops it on SIGTERM or SIGINT: stop, close the probes, flush telemetry, exit 0. A signal
+   * during start-up aborts `start`'s signal: start-up stops waiting, and the process exits 0
+   * as soon as `start` has given up (or, once past its waits, has finished and been stopped).
+   * A second signal exits at once (1).
    */
   run(options: {
-    start(): Promise<{ stop(): Promise<void> }>;
+    /**
+     * Starts the service. `signal` is aborted when a stop signal arrives first: the waits of
+     * start-up (for NATS, for the namespace) then give up, and `start` closes what it opened
+     * and rejects with SHUTDOWN. Past its waits it may finish instead: it is then stopped.
+     */
+    start(signal: AbortSignal): Promise<{ stop(): Promise<void> }>;
     /** Logged (fatal) when `start` fails. */
     startFailed: string;
     /** Logged when the first signal arrives. */
@@ -143,7 +150,18 @@ export function startProcess(options: { service: string; logLevel: string }): Tr
     logger,
     stopping: () => stopping,
     run(service) {
-      const started = service.start().catch((err) => fail(err, service.startFailed));
+      // the handlers before start: a signal must not meet the default action (exit at once)
+      process.on("SIGTERM", () => void shutdown("SIGTERM"));
+      process.on("SIGINT", () => void shutdown("SIGINT"));
+      const abort = new AbortController();
+      // a failure before any signal ends the process here; after one, `shutdown` decides
+      const started = service.start(abort.signal).then(
+        (running) => ({ ok: true as const, running }),
+        (error: unknown) => {
+          if (!stopping) fail(error, service.startFailed);
+          return { ok: false as const, error };
+        },
+      );
 
       async function shutdown(signal: string): Promise<void> {
         if (stopping) {
@@ -152,20 +170,27 @@ export function startProcess(options: { service: string; logLevel: string }): Tr
         }
         stopping = true;
         logger.info({ signal }, service.stopping);
+        // start-up may wait for ever (for NATS, for the namespace): make it give up
+        abort.abort();
+        const outcome = await started;
+        if (
+          !outcome.ok &&
+          !(isTroupeError(outcome.error) && outcome.error.code === ErrorCode.SHUTDOWN)
+        ) {
+          fail(outcome.error, service.startFailed);
+        }
         try {
-          // a signal during start-up stops the service once it is up
-          await (await started).stop();
+          // a signal during start-up past its waits stops the service once it is up
+          if (outcome.ok) await outcome.running.stop();
           await service.closeProbes();
         } catch (err) {
           logger.error({ err }, "stop failed");
           process.exit(1);
         }
+        if (!outcome.ok) logger.info({ signal }, "stopped before start-up finished");
         await telemetry.shutdown(); // flush the last spans
         process.exit(0);
       }
-
-      process.on("SIGTERM", () => void shutdown("SIGTERM"));
-      process.on("SIGINT", () => void shutdown("SIGINT"));
     },
   };
 }
