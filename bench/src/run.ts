@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { defaultXChaCha20Poly1305 } from "@troupe/wire/internal";
 import { activationBench, memoryBench } from "./activation.js";
 import { clusterBench } from "./cluster.js";
 import { runCryptoBench } from "./crypto.js";
@@ -213,6 +214,7 @@ async function main(): Promise<void> {
         ratioVsCore: troupe / rawCore,
         plainRatio: plain / raw,
         plainRatioVsCore: plain / rawCore,
+        aead: defaultXChaCha20Poly1305.name,
       };
       console.log(
         "Cluster (one local nats-server, file storage): durable messages/s, 256 B payloads, 100 agents",
@@ -231,7 +233,7 @@ async function main(): Promise<void> {
           "vs raw core": "1.00",
         },
         {
-          scenario: "Troupe agents on NATS, sealed (send → seal → open → handle → snapshot → ack)",
+          scenario: `Troupe agents on NATS, sealed (send → seal → open → handle → snapshot → ack; AEAD: ${defaultXChaCha20Poly1305.name})`,
           "msgs/s": fmt(troupe),
           "vs raw": (troupe / raw).toFixed(2),
           "vs raw core": (troupe / rawCore).toFixed(2),
