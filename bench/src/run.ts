@@ -215,6 +215,7 @@ async function main(): Promise<void> {
         plainRatio: plain / raw,
         plainRatioVsCore: plain / rawCore,
         aead: defaultXChaCha20Poly1305.name,
+        rounds: c,
       };
       console.log(
         "Cluster (one local nats-server, file storage): durable messages/s, 256 B payloads, 100 agents",
