@@ -37,6 +37,16 @@ function codeOf(fn: () => unknown): string | undefined {
   }
 }
 
+/** A logger that keeps the messages of its info lines in `said`. */
+function infoLines(said: string[]): Logger {
+  return {
+    info: (_o: unknown, msg?: string) => said.push(msg ?? ""),
+    warn: () => {},
+    error: () => {},
+    debug: () => {},
+  } as unknown as Logger;
+}
+
 describe("server checks (pure)", () => {
   it("wants nats-server 2.10.0 or newer, naming what it found", () => {
     expect(checkServer(fakeInfo()).maxFrameBytes).toBe(1024 * 1024);
@@ -252,12 +262,7 @@ describe("ensureNamespace on a server", () => {
   it("openNamespace waits for the creator, whose shard count wins", async () => {
     const namespace = freshNamespace("ns");
     const said: string[] = [];
-    const logger = {
-      info: (_o: unknown, msg?: string) => said.push(msg ?? ""),
-      warn: () => {},
-      error: () => {},
-      debug: () => {},
-    } as unknown as Logger;
+    const logger = infoLines(said);
     // a worker (or client) that comes up before the coordinator
     const opened = openNamespace(nc, { namespace, logger });
     await new Promise((r) => setTimeout(r, 400));
@@ -274,12 +279,7 @@ describe("ensureNamespace on a server", () => {
   it("openNamespace stops waiting when its signal is aborted (SHUTDOWN)", async () => {
     const namespace = freshNamespace("ns");
     const said: string[] = [];
-    const logger = {
-      info: (_o: unknown, msg?: string) => said.push(msg ?? ""),
-      warn: () => {},
-      error: () => {},
-      debug: () => {},
-    } as unknown as Logger;
+    const logger = infoLines(said);
     const abort = new AbortController();
     const opening = openNamespace(nc, { namespace, logger, signal: abort.signal }).catch(
       (e: unknown) => e,
