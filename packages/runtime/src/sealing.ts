@@ -107,8 +107,9 @@ export class Sealing {
   seal(frame: Frame): { bytes: Uint8Array; envelope: Envelope; fresh?: boolean } {
     const e = frame.envelope;
     // written out rather than spread: one object shape for every sealed envelope keeps the
-    // encoder's property reads monomorphic (a spread cost ~4 % of the sealed hot path)
-    const envelope: Envelope = {
+    // encoder's property reads monomorphic (the spread cost about 3.5 % of the sealed hot
+    // path); `satisfies` makes a field added to Envelope a compile error here, not a loss
+    const envelope = {
       version: e.version,
       kind: e.kind,
       messageId: e.messageId,
@@ -120,7 +121,7 @@ export class Sealing {
       correlationId: e.correlationId,
       replyTo: e.replyTo,
       trace: e.trace,
-    };
+    } satisfies { [K in keyof Required<Envelope>]: Envelope[K] };
     const bytes = sealFrame({ envelope, message: frame.message }, this.#key, this.#limits);
     return { bytes, envelope };
   }

@@ -123,7 +123,7 @@ export const nodeXChaCha20Poly1305: XChaCha20Poly1305 = {
   },
 };
 
-/** What is used of sodium-native (libsodium's own XChaCha20-Poly1305, the draft's authors'). */
+/** What is used of sodium-native: libsodium's crypto_aead_xchacha20poly1305_ietf. */
 interface Libsodium {
   crypto_aead_xchacha20poly1305_ietf_encrypt(
     c: Uint8Array,
