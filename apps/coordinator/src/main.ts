@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 /** troupe-coordinator: assigns shards to workers; leader-elected, run several for standby. */
+
+import { DEFAULT_INBOX_MAX_AGE_MS } from "@troupe/nats/internal";
 import {
+  configErrorsExit,
   intAtLeast,
   type ProcessOptionValues,
   processOptions,
@@ -8,6 +11,7 @@ import {
   startProcess,
 } from "@troupe/probes";
 import { Command, Option } from "commander";
+import { inboxMaxAge } from "./inbox-max-age.js";
 import { type CoordinatorProbes, startCoordinatorProbes } from "./probes.js";
 import { type RunningCoordinator, startCoordinatorService } from "./service.js";
 
@@ -34,6 +38,15 @@ const program = new Command()
       .argParser(intAtLeast(1))
       .default(1),
   )
+  .addOption(
+    new Option(
+      "--inbox-max-age <duration>",
+      "how long the inbox keeps messages, the replay history (30m, 12h, 7d or ms; at least 2m); applied to an existing inbox too: a shorter one deletes older messages",
+    )
+      .env("TROUPE_INBOX_MAX_AGE")
+      .argParser(inboxMaxAge)
+      .default(DEFAULT_INBOX_MAX_AGE_MS, "7d"),
+  )
   .addOption(common.leaseMs)
   .addOption(
     new Option("--handoff-timeout-ms <ms>", "how long a handoff waits for its confirmation (ms)")
@@ -44,9 +57,14 @@ const program = new Command()
   .addOption(common.httpPort)
   .addOption(common.logLevel);
 
-program.parse();
+configErrorsExit(program).parse();
 const opts = program.opts<
-  ProcessOptionValues & { shards: number; replicas: number; handoffTimeoutMs: number }
+  ProcessOptionValues & {
+    shards: number;
+    replicas: number;
+    inboxMaxAge: number;
+    handoffTimeoutMs: number;
+  }
 >();
 
 const troupe = startProcess({ service: "troupe-coordinator", logLevel: opts.logLevel });
@@ -71,6 +89,7 @@ async function start(signal: AbortSignal): Promise<RunningCoordinator> {
     namespace: opts.namespace,
     ...(shardsGiven ? { shardCount: opts.shards } : {}),
     replicas: opts.replicas,
+    inboxMaxAgeMs: opts.inboxMaxAge,
     leaseMs: opts.leaseMs,
     handoffTimeoutMs: opts.handoffTimeoutMs,
     logger,

@@ -5,7 +5,7 @@
 
 import type { NatsConnection } from "@nats-io/transport-node";
 import { type Coordinator, createCoordinator } from "@troupe/coordinator";
-import { connectNats, ensureNamespaceRetrying } from "@troupe/nats";
+import { connectNats, type EnsureNamespaceOptions, ensureNamespaceRetrying } from "@troupe/nats";
 import { watchConnection } from "@troupe/probes";
 import type { Logger } from "@troupe/runtime";
 
@@ -20,6 +20,11 @@ export interface CoordinatorServiceOptions {
   /** The namespace's shard count: used when creating it, checked when it exists. */
   shardCount?: number;
   replicas?: number;
+  /**
+   * How long the inbox keeps messages, ms (default: a new inbox gets 7 days, an existing one
+   * keeps its own). Given, an existing inbox with another max_age is changed to it.
+   */
+  inboxMaxAgeMs?: number;
   leaseMs?: number;
   handoffTimeoutMs?: number;
   id?: string;
@@ -54,13 +59,12 @@ export async function startCoordinatorService(
   });
   const connection = watchConnection(nc);
   try {
-    const ensure: { namespace: string; shardCount?: number; replicas?: number } = {
-      namespace: options.namespace,
-    };
+    const ensure: EnsureNamespaceOptions = { namespace: options.namespace };
     if (options.shardCount !== undefined) ensure.shardCount = options.shardCount;
     if (options.replicas !== undefined) ensure.replicas = options.replicas;
+    if (options.inboxMaxAgeMs !== undefined) ensure.maxAgeMs = options.inboxMaxAgeMs;
     // a fresh JetStream cluster may still be electing stream leaders: wait that out
-    const { shardCount } = await ensureNamespaceRetrying(nc, {
+    const { shardCount, maxAgeMs } = await ensureNamespaceRetrying(nc, {
       ...ensure,
       logger: log.child({ component: "namespace" }),
       ...(options.signal === undefined ? {} : { signal: options.signal }),
@@ -77,7 +81,12 @@ export async function startCoordinatorService(
     });
     await coordinator.start();
     log.info(
-      { coordinator: coordinator.id, namespace: options.namespace, shardCount },
+      {
+        coordinator: coordinator.id,
+        namespace: options.namespace,
+        shardCount,
+        inboxMaxAgeMs: maxAgeMs,
+      },
       "coordinator service started",
     );
     let stopping: Promise<void> | undefined;

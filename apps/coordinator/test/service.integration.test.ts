@@ -1,6 +1,8 @@
+import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { createCoordinator } from "@troupe/coordinator";
 import { LEADER_KEY, openClusterBuckets } from "@troupe/coordinator/internal";
+import { namespaceNames } from "@troupe/nats";
 import { type NatsServerHandle, startNatsServer } from "@troupe/testkit";
 import { isTroupeError } from "@troupe/wire";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -86,6 +88,36 @@ describe("startCoordinatorService", () => {
     }).catch((e: unknown) => e);
     expect(isTroupeError(err) && err.code).toBe("CONFIG_ERROR");
     await a.stop();
+  });
+
+  it("creates the inbox with inboxMaxAgeMs; another coordinator's age replaces it", async () => {
+    const HOUR = 3600 * 1000;
+    const a = await startCoordinatorService({
+      servers: [server.url],
+      namespace: "aged",
+      inboxMaxAgeMs: 2 * HOUR,
+      logger: quiet,
+    });
+    const nc = await connect({ servers: server.url });
+    const jsm = await jetstreamManager(nc);
+    const { inboxStream } = namespaceNames("aged");
+    expect((await jsm.streams.info(inboxStream)).config.max_age).toBe(2 * HOUR * 1e6);
+    // without one, the inbox keeps its age; with another, it is changed
+    const b = await startCoordinatorService({
+      servers: [server.url],
+      namespace: "aged",
+      logger: quiet,
+    });
+    expect((await jsm.streams.info(inboxStream)).config.max_age).toBe(2 * HOUR * 1e6);
+    const c = await startCoordinatorService({
+      servers: [server.url],
+      namespace: "aged",
+      inboxMaxAgeMs: 24 * HOUR,
+      logger: quiet,
+    });
+    expect((await jsm.streams.info(inboxStream)).config.max_age).toBe(24 * HOUR * 1e6);
+    await nc.close();
+    await Promise.all([a.stop(), b.stop(), c.stop()]);
   });
 
   it("stops waiting for NATS when its signal is aborted (SHUTDOWN)", async () => {

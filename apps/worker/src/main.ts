@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** troupe-worker: hosts the agents of the shards the coordinator assigns to it. */
 import {
+  configErrorsExit,
   intAtLeast,
   type ProcessOptionValues,
   processOptions,
@@ -52,7 +53,7 @@ const program = new Command()
   )
   .addOption(common.logLevel);
 
-program.parse();
+configErrorsExit(program).parse();
 const opts = program.opts<
   ProcessOptionValues & {
     agents: string[] | string;

@@ -317,5 +317,15 @@ describe("troupe-coordinator and troupe-worker processes", () => {
     });
     expect(await fromEnv.exited, logTail(fromEnv)).toBe(2);
     expect(fromEnv.logs.join("\n")).toContain(`cannot load agent module ${missing}`);
+    // a value an option refuses is a configuration error too; --help is not an error
+    const badLease = spawnNode("bad-lease", WORKER_MAIN, [
+      ...natsArgs(target()),
+      "--lease-ms",
+      "5",
+    ]);
+    expect(await badLease.exited, logTail(badLease)).toBe(2);
+    expect(badLease.logs.join("\n")).toMatch(/--lease-ms.*must be an integer >= /);
+    const help = spawnNode("help", COORDINATOR_MAIN, ["--help"]);
+    expect(await help.exited, logTail(help)).toBe(0);
   }, 30_000);
 });

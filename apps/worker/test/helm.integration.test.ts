@@ -10,8 +10,10 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { connect as natsConnect } from "@nats-io/transport-node";
+import { namespaceNames } from "@troupe/nats";
 import {
   findNatsServer,
   freePorts,
@@ -173,6 +175,7 @@ describe.skipIf(skip)("helm/troupe", () => {
     const cc = coord.spec.template.spec.containers[0];
     expect(env(cc, "TROUPE_REPLICAS")).toBe("3");
     expect(env(cc, "TROUPE_HTTP_PORT")).toBe("8081");
+    expect(env(cc, "TROUPE_INBOX_MAX_AGE")).toBe("7d");
     const worker = find(o, "Deployment", "troupe-worker");
     expect(worker.spec.replicas).toBe(2);
     const wc = worker.spec.template.spec.containers[0];
@@ -298,6 +301,7 @@ describe.skipIf(skip)("helm/troupe", () => {
     const ec = find(ext, "Deployment", "troupe-coordinator").spec.template.spec.containers[0];
     expect(env(ec, "TROUPE_NATS_URL")).toBe("nats://nats.messaging.svc:4222");
     expect(env(ec, "TROUPE_REPLICAS")).toBe("1");
+    expect(env(ec, "TROUPE_INBOX_MAX_AGE")).toBe("36h");
     expect(ec.image).toBe("registry.example.com/troupe/troupe/coordinator:0.1.0");
   });
 
@@ -317,6 +321,8 @@ describe.skipIf(skip)("helm/troupe", () => {
       "extra=1",
       "sealWith=.hidden",
       "channelKeys.main=short",
+      "coordinator.inboxMaxAge=1w",
+      "coordinator.inboxMaxAge=1000",
     ]) {
       expect(() => render([], [bad]), bad).toThrow(/values don't meet the specifications|schema/i);
     }
@@ -471,6 +477,11 @@ describe.skipIf(skip)("helm/troupe configuration, booted as local processes", ()
           (e: K8sObject) => e.name === "TROUPE_SHARDS",
         ).value * 1,
       );
+
+      // the inbox keeps messages as long as the chart says (coordinator.inboxMaxAge, 7d)
+      const jsm = await jetstreamManager(nc);
+      const inbox = await jsm.streams.info(namespaceNames(ns).inboxStream);
+      expect(inbox.config.max_age).toBe(7 * 24 * 3600 * 1e9);
 
       // the probes the chart points at answer on the HTTP port it sets
       for (const port of workerPorts) {

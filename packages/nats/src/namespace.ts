@@ -256,7 +256,13 @@ export interface EnsureNamespaceOptions {
    * with its own replicas.
    */
   create?: boolean;
-  /** How long the inbox keeps messages (replay history), ms. Default 7 days. */
+  /**
+   * How long the inbox keeps messages (the replay history), ms. A new inbox gets it (default
+   * 7 days). An existing inbox with another `max_age` is changed to it when it is given and
+   * this call may create the namespace (the coordinator's setting is the namespace's; a
+   * shorter one makes the server delete older messages at once); omitted, or with
+   * `create: false`, an existing inbox keeps its own.
+   */
   maxAgeMs?: number;
   /** Message-id dedup window of the inbox, ms. Default 2 minutes. */
   duplicateWindowMs?: number;
@@ -275,6 +281,8 @@ export interface NamespaceInfo {
   server: ServerLimits;
   /** The inbox stream's dedup window, ms (what the server has). */
   duplicateWindowMs: number;
+  /** The inbox stream's max_age, ms (what the server has; 0: no limit): the replay history. */
+  maxAgeMs: number;
   /**
    * The held stream takes atomic batch publishes (nats-server 2.12+): a quarantined agent's
    * messages are held many at a time, all or none, in order.
@@ -429,6 +437,52 @@ function checkStream(info: StreamInfo, want: StreamSpec, logger: Logger | undefi
       `stream ${want.name} exists with other settings (${differs.join(", ")}); keeping them`,
     );
   }
+}
+
+/**
+ * Changes the inbox's `max_age` to `maxAgeMs` when it has another one. The server applies a
+ * shorter one at once: what is older is deleted, and replay cannot reach it any more.
+ */
+async function ensureInboxMaxAge(
+  jsm: JetStreamManager,
+  info: StreamInfo,
+  maxAgeMs: number,
+  logger: Logger | undefined,
+): Promise<StreamInfo> {
+  const stream = info.config.name;
+  // compared in ms: what the server echoes back for a long age need not be our float exactly
+  const hadMs = Math.round(info.config.max_age / 1e6);
+  if (hadMs === maxAgeMs) return info;
+  let updated: StreamInfo;
+  try {
+    updated = await jsm.streams.update(stream, { ...info.config, max_age: nanos(maxAgeMs) });
+  } catch (e) {
+    throw provisioningError(`cannot change the max_age of stream ${stream}`, e);
+  }
+  // (0: the stream had no age limit)
+  const shorter = hadMs === 0 || maxAgeMs < hadMs;
+  logger?.info(
+    { stream, fromMs: hadMs, toMs: maxAgeMs },
+    `inbox max_age changed from ${formatAge(hadMs)} to ${formatAge(maxAgeMs)}` +
+      (shorter
+        ? `: the server deletes messages older than ${formatAge(maxAgeMs)} now, and replay reaches back no further`
+        : ""),
+  );
+  return updated;
+}
+
+const AGE_UNITS = [
+  ["d", DAY_MS],
+  ["h", 60 * 60 * 1000],
+  ["m", 60 * 1000],
+  ["s", 1000],
+] as const;
+
+/** An age as the coordinator's --inbox-max-age takes it: `7d`, `90m`, `1500ms`. */
+function formatAge(ms: number): string {
+  if (ms === 0) return "unlimited";
+  const unit = AGE_UNITS.find(([, size]) => ms % size === 0);
+  return unit === undefined ? `${ms}ms` : `${ms / unit[1]}${unit[0]}`;
 }
 
 async function ensureStream(
@@ -849,7 +903,11 @@ export async function ensureNamespace(
     options.duplicateWindowMs ?? DEFAULT_DUPLICATE_WINDOW_MS,
   );
   if (duplicateWindowMs > maxAgeMs) {
-    throw new TroupeError(ErrorCode.CONFIG_ERROR, "duplicateWindowMs must not exceed maxAgeMs");
+    throw new TroupeError(
+      ErrorCode.CONFIG_ERROR,
+      `maxAgeMs (${maxAgeMs} ms) must be at least duplicateWindowMs (${duplicateWindowMs} ms)`,
+      { details: { maxAgeMs, duplicateWindowMs } },
+    );
   }
   const logger = options.logger;
   const mayCreate = options.create ?? true;
@@ -882,7 +940,7 @@ export async function ensureNamespace(
     );
   }
 
-  const inbox = await ensureStream(
+  let inbox = await ensureStream(
     jsm,
     inboxStreamConfig(names, {
       replicas,
@@ -892,6 +950,10 @@ export async function ensureNamespace(
     }),
     logger,
   );
+  // workers and clients never change it: only the coordinator's setting counts
+  if (mayCreate && options.maxAgeMs !== undefined) {
+    inbox = await ensureInboxMaxAge(jsm, inbox, maxAgeMs, logger);
+  }
   const atomic = serverHas(nc.info!, ServerFeature.ATOMIC_BATCH);
   const [, held] = await Promise.all([
     ensureStream(
@@ -942,6 +1004,7 @@ export async function ensureNamespace(
     created,
     server,
     duplicateWindowMs: Math.round(inbox.config.duplicate_window / 1e6),
+    maxAgeMs: Math.round(inbox.config.max_age / 1e6),
     heldAtomic,
   };
 }

@@ -295,6 +295,65 @@ describe("ensureNamespace on a server", () => {
     expect(nc.isClosed()).toBe(false);
   });
 
+  it("creates the inbox with maxAgeMs; a creator changes it later, workers and clients never do", async () => {
+    const namespace = freshNamespace("ns");
+    const names = namespaceNames(namespace);
+    const jsm = await jetstreamManager(nc);
+    const maxAge = async () => (await jsm.streams.info(names.inboxStream)).config.max_age;
+    const HOUR = 3600 * 1000;
+    const created = await ensureNamespace(nc, { namespace, shardCount: 2, maxAgeMs: 2 * HOUR });
+    expect(await maxAge()).toBe(2 * HOUR * 1e6);
+    expect(created.maxAgeMs).toBe(2 * HOUR);
+
+    // a worker or client (create: false) leaves it, whatever it asks for
+    const opened = await ensureNamespace(nc, { namespace, create: false, maxAgeMs: 5 * HOUR });
+    expect(await maxAge()).toBe(2 * HOUR * 1e6);
+    expect(opened.maxAgeMs).toBe(2 * HOUR);
+    // a creator that does not ask for an age keeps the inbox's own
+    await ensureNamespace(nc, { namespace });
+    expect(await maxAge()).toBe(2 * HOUR * 1e6);
+
+    // a creator (the coordinator) with another age changes it, and says so
+    const said: string[] = [];
+    const longer = await ensureNamespace(nc, {
+      namespace,
+      maxAgeMs: 3 * 24 * HOUR,
+      logger: infoLines(said),
+    });
+    expect(await maxAge()).toBe(3 * 24 * HOUR * 1e6);
+    expect(longer.maxAgeMs).toBe(3 * 24 * HOUR);
+    expect(said).toContain("inbox max_age changed from 2h to 3d");
+    // shortening deletes older messages on the server: the line says so
+    said.length = 0;
+    await ensureNamespace(nc, { namespace, maxAgeMs: 90 * 60 * 1000, logger: infoLines(said) });
+    expect(await maxAge()).toBe(90 * 60 * 1000 * 1e6);
+    expect(said.filter((m) => m.startsWith("inbox max_age changed"))).toEqual([
+      "inbox max_age changed from 3d to 90m: the server deletes messages older than 90m now, and replay reaches back no further",
+    ]);
+    // the same age again: nothing to change, nothing said
+    said.length = 0;
+    await ensureNamespace(nc, { namespace, maxAgeMs: 90 * 60 * 1000, logger: infoLines(said) });
+    expect(said.filter((m) => m.startsWith("inbox max_age"))).toEqual([]);
+    // the rest of the inbox's configuration is what it was
+    const inbox = await jsm.streams.info(names.inboxStream);
+    expect(inbox.config).toMatchObject({
+      subjects: [names.inboxSubjects],
+      duplicate_window: 120 * 1e9,
+      discard: "old",
+      allow_direct: true,
+      metadata: { "troupe.kind": "inbox", "troupe.namespace": namespace },
+    });
+  });
+
+  it("refuses an inbox max age shorter than its dedup window", async () => {
+    const e = (await ensureNamespace(nc, {
+      namespace: freshNamespace("ns"),
+      maxAgeMs: 60_000,
+    }).catch((x: unknown) => x)) as TroupeError;
+    expect(e.code).toBe(ErrorCode.CONFIG_ERROR);
+    expect(e.message).toBe("maxAgeMs (60000 ms) must be at least duplicateWindowMs (120000 ms)");
+  });
+
   it("refuses settings the server cannot have, with the server's reason", async () => {
     const e = await ensureNamespace(nc, { namespace: freshNamespace("ns"), replicas: 3 }).catch(
       (x: unknown) => x as TroupeError,

@@ -9,6 +9,7 @@ import type { AddressInfo } from "node:net";
 import { ErrorCode, TroupeError } from "@troupe/wire";
 
 export {
+  configErrorsExit,
   EXIT_CONFIG,
   httpPort,
   intAtLeast,

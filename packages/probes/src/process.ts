@@ -4,7 +4,7 @@
  */
 import { startTelemetry } from "@troupe/telemetry";
 import { ErrorCode, isTroupeError } from "@troupe/wire";
-import { InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { type Logger, pino } from "pino";
 
 /** The exit code of a configuration error (a CONFIG_ERROR that stops the process). */
@@ -51,6 +51,16 @@ export interface ProcessOptionValues {
   id?: string;
   httpPort: number | "off";
   logLevel: string;
+}
+
+/**
+ * A usage error (an unknown option, a value an option refuses, a missing one) exits with
+ * EXIT_CONFIG like any configuration error found at start; `--help` and `--version` exit 0.
+ */
+export function configErrorsExit(command: Command): Command {
+  return command.exitOverride((err) => {
+    process.exit(err.exitCode === 0 ? 0 : EXIT_CONFIG);
+  });
 }
 
 /**
