@@ -57,6 +57,7 @@ function program(io: Io, setExit: (code: number) => void): Command {
         `  troupe request counter/alice '{"type":"get"}' --timeout 5000`,
         `  troupe quarantine counter/alice --reason "bad input"; troupe quarantined; troupe release counter/alice`,
         "  troupe replay counter/alice --dry-run",
+        "  troupe parked --limit 50",
       ].join("\n"),
     );
 
@@ -158,6 +159,39 @@ function program(io: Io, setExit: (code: number) => void): Command {
     .action(async (opts: object, cmd: Command) => {
       const { quarantined } = await import("./commands/quarantine.js");
       setExit(await quarantined({ ...cmd.optsWithGlobals(), ...opts }, io));
+    });
+
+  cli
+    .command("parked")
+    .description(
+      "list the last frames workers refused and parked (unknown agent, undecodable, not sealed with the right key, …), newest last",
+    )
+    .option(
+      "--limit <n>",
+      "how many of the last to list, at most 1000",
+      wholeNumber("--limit", 1, 1000),
+      20,
+    )
+    .option("--json", "print them as one JSON array")
+    .option(
+      "--timeout <ms>",
+      "how long to wait for the parked stream",
+      wholeNumber("--timeout", 1),
+      10_000,
+    )
+    .addHelpText(
+      "after",
+      [
+        "",
+        "Shows each frame's envelope (when, code, to, from, kind, message id, inbox sequence,",
+        "reason), not its payload: it may be sealed or large. The frames themselves are in the",
+        "stream TROUPE_<NAMESPACE>_PARKED (kept 30 days): read them with NATS tooling, e.g.",
+        "`nats stream view`; `troupe replay <type/key> --dry-run` shows an agent's inbox history.",
+      ].join("\n"),
+    )
+    .action(async (opts: object, cmd: Command) => {
+      const { parked } = await import("./commands/parked.js");
+      setExit(await parked({ ...cmd.optsWithGlobals(), ...opts }, io));
     });
 
   cli

@@ -2,8 +2,8 @@
 
 import { connect, errors, type NatsConnection } from "@nats-io/transport-node";
 import { messageOf } from "./format.js";
-import { failure } from "./io.js";
-import type { Settings } from "./settings.js";
+import { failure, type Io } from "./io.js";
+import { type GlobalOptions, resolveSettings, type Settings } from "./settings.js";
 
 export async function openNats(settings: Settings, timeoutMs = 3000): Promise<NatsConnection> {
   try {
@@ -15,6 +15,21 @@ export async function openNats(settings: Settings, timeoutMs = 3000): Promise<Na
     });
   } catch (e) {
     throw failure(`cannot connect to NATS at ${settings.natsUrl}: ${messageOf(e)}`, { cause: e });
+  }
+}
+
+/** Runs `fn` on a connection opened for it (settings from flags and env), then closes it. */
+export async function withNats<T>(
+  options: GlobalOptions,
+  io: Io,
+  fn: (nc: NatsConnection, settings: Settings) => Promise<T>,
+): Promise<T> {
+  const settings = resolveSettings(options, io);
+  const nc = await openNats(settings);
+  try {
+    return await fn(nc, settings);
+  } finally {
+    await nc.close();
   }
 }
 

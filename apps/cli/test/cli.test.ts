@@ -22,7 +22,7 @@ describe("troupe command line", () => {
   it("--help lists the commands with one-line descriptions", async () => {
     const r = await troupe(["--help"]);
     expect(r.code).toBe(0);
-    for (const command of ["status", "send", "request", "dev"]) {
+    for (const command of ["status", "send", "request", "parked", "dev"]) {
       expect(r.stdout).toMatch(new RegExp(`^\\s+${command}\\b.*\\S`, "m"));
     }
     expect(r.stdout).toContain("--nats");
@@ -110,6 +110,25 @@ describe("troupe command line", () => {
     const send = await troupe(["send", "counter/a", '{"type":"get"}', "--nats", url]);
     expect(send.code).toBe(1);
     expect(send.stderr).toContain(`cannot connect to NATS at ${url}`);
+    const parked = await troupe(["parked", "--nats", url]);
+    expect(parked.code).toBe(1);
+    expect(parked.stderr).toContain(`troupe: cannot connect to NATS at ${url}`);
+    expect(parked.stdout).toBe("");
+  });
+
+  it("parked: --limit is a whole number from 1 to 1000 (exit 2, before any connection); --help says where the payloads are", async () => {
+    for (const limit of ["0", "1001", "ten", "-1", "2.5"]) {
+      const r = await troupe(["parked", "--limit", limit, "--nats", "nats://127.0.0.1:1"]);
+      expect(r.code, limit).toBe(2);
+      expect(r.stderr).toContain("--limit must be a whole number from 1 to 1000");
+      expect(r.stdout).toBe("");
+    }
+    const help = await troupe(["parked", "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("--limit <n>");
+    expect(help.stdout).toContain("--json");
+    expect(help.stdout).toContain("TROUPE_<NAMESPACE>_PARKED");
+    expect(help.stdout).toContain("troupe replay");
   });
 
   it("channel keys: a bad key file, an empty directory, --seal-with alone are usage errors, before any connection", async () => {

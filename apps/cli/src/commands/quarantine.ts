@@ -16,8 +16,8 @@ import {
 import { duration, messageOf, table } from "../format.js";
 import { failure, type Io, usageError, writeLine } from "../io.js";
 import { parseAddress } from "../message.js";
-import { isNoResponders, isTimeout, openNats } from "../nats.js";
-import { type GlobalOptions, resolveSettings, type Settings } from "../settings.js";
+import { isNoResponders, isTimeout, withNats } from "../nats.js";
+import type { GlobalOptions, Settings } from "../settings.js";
 
 export interface QuarantineOptions extends GlobalOptions {
   reason?: string;
@@ -68,20 +68,6 @@ async function ask<Reply>(
     throw failure(`${String(error.code)}: ${String(error.message)}`);
   }
   return { text, reply: r as Partial<Reply> };
-}
-
-async function withNats<T>(
-  options: GlobalOptions,
-  io: Io,
-  fn: (nc: NatsConnection, settings: Settings) => Promise<T>,
-): Promise<T> {
-  const settings = resolveSettings(options, io);
-  const nc = await openNats(settings);
-  try {
-    return await fn(nc, settings);
-  } finally {
-    await nc.close();
-  }
 }
 
 export async function quarantine(
