@@ -7,13 +7,19 @@
  * records each round trip. The baseline is a plain nats.js request → responder → reply on
  * the same server at the same rate.
  */
-import type { ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { connect as natsConnect } from "@nats-io/transport-node";
 import { connect, type TroupeClient } from "@troupe/nats";
-import { startNatsServer } from "@troupe/testkit";
-import { balanced, COORDINATOR, keyOn, node, root, sleep, until, WORKER } from "./processes.js";
+import {
+  balanced,
+  keyOn,
+  node,
+  root,
+  sleep,
+  startBenchCluster,
+  until,
+  WORKER,
+} from "./processes.js";
 
 const AGENT_MODULE = join(root, "bench/fixtures/relay.mjs");
 const NAMESPACE = "bench-latency";
@@ -113,16 +119,10 @@ export async function openLoop(
 }
 
 export async function latencyBench(rate: number, seconds: number): Promise<LatencyFigures> {
-  if (![WORKER, COORDINATOR].every(existsSync)) {
-    throw new Error("the apps are not built (npm run bench builds them)");
-  }
-  const server = await startNatsServer();
-  const children: ChildProcess[] = [];
+  const cluster = await startBenchCluster("bench-latency", NAMESPACE, SHARDS);
+  const { server, nc, common, children } = cluster;
   let client: TroupeClient | undefined;
-  const nc = await natsConnect({ servers: server.url, name: "bench-latency-ctl" });
   try {
-    const common = ["--nats", server.url, "--namespace", NAMESPACE];
-    children.push(node(COORDINATOR, [...common, "--shards", String(SHARDS)]));
     for (const id of ["w1", "w2"]) {
       children.push(node(WORKER, [...common, "--agents", AGENT_MODULE, "--id", id]));
     }
@@ -191,12 +191,6 @@ export async function latencyBench(rate: number, seconds: number): Promise<Laten
     };
   } finally {
     await client?.close().catch(() => {});
-    for (const ch of children)
-      if (ch.exitCode === null && ch.signalCode === null) ch.kill("SIGTERM");
-    await sleep(500);
-    for (const ch of children)
-      if (ch.exitCode === null && ch.signalCode === null) ch.kill("SIGKILL");
-    await nc.close().catch(() => {});
-    await server.cleanup();
+    await cluster.close();
   }
 }

@@ -9,13 +9,19 @@
  * left (the live set). What it shows: whether the workers' memory follows the agents active
  * within the idle timeout, or the agents ever touched.
  */
-import type { ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { connect as natsConnect } from "@nats-io/transport-node";
 import { connect, type TroupeClient } from "@troupe/nats";
-import { freePorts, startNatsServer } from "@troupe/testkit";
-import { balanced, COORDINATOR, keyOn, node, root, sleep, until, WORKER } from "./processes.js";
+import { freePorts } from "@troupe/testkit";
+import {
+  balanced,
+  keyOn,
+  node,
+  root,
+  sleep,
+  startBenchCluster,
+  until,
+  WORKER,
+} from "./processes.js";
 
 const AGENT_MODULE = join(root, "bench/fixtures/passivating.mjs");
 const NAMESPACE = "bench-many";
@@ -69,16 +75,10 @@ export async function manyAgentsBench(
   idleMs: number,
   log: (line: string) => void = () => {},
 ): Promise<ManyAgentsFigures> {
-  if (![WORKER, COORDINATOR].every(existsSync)) {
-    throw new Error("the apps are not built (npm run bench builds them)");
-  }
-  const server = await startNatsServer();
-  const children: ChildProcess[] = [];
+  const cluster = await startBenchCluster("bench-many", NAMESPACE, SHARDS);
+  const { server, nc, common, children } = cluster;
   let client: TroupeClient | undefined;
-  const nc = await natsConnect({ servers: server.url, name: "bench-many-ctl" });
   try {
-    const common = ["--nats", server.url, "--namespace", NAMESPACE];
-    children.push(node(COORDINATOR, [...common, "--shards", String(SHARDS)]));
     const ports = await freePorts(2);
     for (const [i, port] of ports.entries()) {
       children.push(
@@ -181,12 +181,6 @@ export async function manyAgentsBench(
     return { agents, idleMs, seconds: (performance.now() - t0) / 1000, samples };
   } finally {
     await client?.close().catch(() => {});
-    for (const ch of children)
-      if (ch.exitCode === null && ch.signalCode === null) ch.kill("SIGTERM");
-    await sleep(500);
-    for (const ch of children)
-      if (ch.exitCode === null && ch.signalCode === null) ch.kill("SIGKILL");
-    await nc.close().catch(() => {});
-    await server.cleanup();
+    await cluster.close();
   }
 }

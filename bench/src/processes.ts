@@ -3,10 +3,12 @@
  * coordinator's status, and agent keys placed on a chosen worker.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { NatsConnection } from "@nats-io/transport-node";
+import { type NatsConnection, connect as natsConnect } from "@nats-io/transport-node";
 import { shardOfAddress } from "@troupe/nats";
+import { type NatsServerHandle, startNatsServer } from "@troupe/testkit";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const WORKER = join(root, "apps/worker/dist/main.js");
@@ -78,5 +80,48 @@ export function keyOn(status: Status, worker: string, type: string, shardCount: 
   if (shards.size === 0) throw new Error(`${worker} owns no shard`);
   for (let k = 0; ; k++) {
     if (shards.has(shardOfAddress(`${type}/k${k}`, shardCount))) return `k${k}`;
+  }
+}
+
+/** A local nats-server, a control connection and the built coordinator, for one scenario. */
+export interface BenchCluster {
+  server: NatsServerHandle;
+  /** A plain connection for control requests (status) and raw baselines. */
+  nc: NatsConnection;
+  /** `--nats <url> --namespace <ns>`, what every app of the scenario is given. */
+  common: string[];
+  /** The apps started so far (the coordinator first); workers are pushed by the scenario. */
+  children: ChildProcess[];
+  /** SIGTERM every app, SIGKILL what is left half a second later, then the server goes. */
+  close(): Promise<void>;
+}
+
+export async function startBenchCluster(
+  name: string,
+  namespace: string,
+  shards: number,
+): Promise<BenchCluster> {
+  if (![WORKER, COORDINATOR].every(existsSync)) {
+    throw new Error("the apps are not built (npm run bench builds them)");
+  }
+  const server = await startNatsServer();
+  const children: ChildProcess[] = [];
+  const alive = () => children.filter((ch) => ch.exitCode === null && ch.signalCode === null);
+  let nc: NatsConnection | undefined;
+  const close = async () => {
+    for (const ch of alive()) ch.kill("SIGTERM");
+    await sleep(500);
+    for (const ch of alive()) ch.kill("SIGKILL");
+    await nc?.close().catch(() => {});
+    await server.cleanup();
+  };
+  try {
+    nc = await natsConnect({ servers: server.url, name: `${name}-ctl` });
+    const common = ["--nats", server.url, "--namespace", namespace];
+    children.push(node(COORDINATOR, [...common, "--shards", String(shards)]));
+    return { server, nc, common, children, close };
+  } catch (e) {
+    await close();
+    throw e;
   }
 }
