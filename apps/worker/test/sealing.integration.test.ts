@@ -46,6 +46,17 @@ let keys: string;
 let wrongKeys: string;
 
 const troupe = (...args: string[]) => runCli(server.url, NAMESPACE, ...args);
+/** The counter's state, asked by a CLI that has the workers' keys. */
+const getWithKeys = () =>
+  troupe(
+    "request",
+    "ordered-counter/s",
+    '{"type":"get"}',
+    "--timeout",
+    "15000",
+    "--channel-keys-dir",
+    keys,
+  );
 const target = (): Target => ({ servers: server.url, namespace: NAMESPACE });
 
 describe.skipIf(natsMissing !== undefined)(`sealed agent traffic ${natsMissing ?? ""}`, () => {
@@ -90,15 +101,7 @@ describe.skipIf(natsMissing !== undefined)(`sealed agent traffic ${natsMissing ?
     );
     expect(sent.code, sent.stderr).toBe(0);
     const { sequence } = JSON.parse(sent.stdout) as { sequence: number };
-    const got = await troupe(
-      "request",
-      "ordered-counter/s",
-      '{"type":"get"}',
-      "--timeout",
-      "15000",
-      "--channel-keys-dir",
-      keys,
-    );
+    const got = await getWithKeys();
     expect(got.code, got.stderr).toBe(0);
     expect(JSON.parse(got.stdout)).toMatchObject({ count: 1, last: { [MARKER]: 1 } });
 
@@ -133,15 +136,7 @@ describe.skipIf(natsMissing !== undefined)(`sealed agent traffic ${natsMissing ?
     const sent = await troupe("send", "ordered-counter/s", event);
     expect(sent.code, sent.stderr).toBe(0);
     await waitFor("the plain frame parked", async () => (await parkedCount()) > parkedBefore);
-    const got = await troupe(
-      "request",
-      "ordered-counter/s",
-      '{"type":"get"}',
-      "--timeout",
-      "15000",
-      "--channel-keys-dir",
-      keys,
-    );
+    const got = await getWithKeys();
     expect(got.code, got.stderr).toBe(0);
     expect(JSON.parse(got.stdout)).toMatchObject({ count: 1 });
   });
