@@ -2,11 +2,11 @@
  * `--inbox-max-age`: how long the namespace's inbox stream keeps messages, which is how far
  * back replay reaches and much of what NATS stores. A duration such as `30m`, `12h`, `7d`.
  */
-import { DEFAULT_DUPLICATE_WINDOW_MS } from "@troupe/nats/internal";
+import { AGE_UNIT_MS, DEFAULT_DUPLICATE_WINDOW_MS } from "@troupe/nats/internal";
 import { ErrorCode, TroupeError } from "@troupe/wire";
 import { InvalidArgumentError } from "commander";
 
-const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+const UNIT_MS = { ms: 1, ...AGE_UNIT_MS } as const;
 
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/;
 

@@ -13,6 +13,7 @@ export {
 export * from "./index.js";
 export {
   ACK_WAIT_MS,
+  AGE_UNIT_MS,
   CONFIG_KEY,
   DEFAULT_DUPLICATE_WINDOW_MS,
   DEFAULT_INBOX_MAX_AGE_MS,

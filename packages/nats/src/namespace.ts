@@ -471,17 +471,13 @@ async function ensureInboxMaxAge(
   return updated;
 }
 
-const AGE_UNITS = [
-  ["d", DAY_MS],
-  ["h", 60 * 60 * 1000],
-  ["m", 60 * 1000],
-  ["s", 1000],
-] as const;
+/** The units an age is written in (`--inbox-max-age 12h`, log lines), largest first, ms. */
+export const AGE_UNIT_MS = { d: DAY_MS, h: 60 * 60 * 1000, m: 60 * 1000, s: 1000 } as const;
 
 /** An age as the coordinator's --inbox-max-age takes it: `7d`, `90m`, `1500ms`. */
 function formatAge(ms: number): string {
   if (ms === 0) return "unlimited";
-  const unit = AGE_UNITS.find(([, size]) => ms % size === 0);
+  const unit = Object.entries(AGE_UNIT_MS).find(([, size]) => ms % size === 0);
   return unit === undefined ? `${ms}ms` : `${ms / unit[1]}${unit[0]}`;
 }
 
